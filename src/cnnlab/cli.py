@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import traceback
 from datetime import datetime
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import __version__
-from cnnlab.data import SHA256, download, missing_files, resolve_data_dir, verify
+from cnnlab.data import SHA256, download, resolve_data_dir, verify
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_macs, count_parameters, get_model, list_models
 from cnnlab.presets import list_presets, load_preset
@@ -39,9 +38,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
 
 

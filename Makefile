@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each sets up .venv first).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The shared copy of Fashion-MNIST beside this checkout, when there is one; otherwise
+# cnnlab uses $CNNLAB_DATA or ~/.cache/cnnlab/fashion-mnist (downloading if needed).
+ifneq ($(wildcard ../shared/data/fashion-mnist),)
+export CNNLAB_DATA ?= $(abspath ../shared/data/fashion-mnist)
+endif
+
+.PHONY: setup demo test
+
+$(BIN)/cnnlab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU wheel, so the resolver never reaches for a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/cnnlab
+
+demo: setup
+	$(BIN)/cnnlab train lenet --epochs 3 --limit-train 20000 --out runs/demo --overwrite
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest -q

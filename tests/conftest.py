@@ -1,0 +1,49 @@
+"""Shared fixtures: the real Fashion-MNIST folder and small IDX files written on the spot."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real dataset: $CNNLAB_DATA, else the shared copy beside the checkout."""
+    path = Path(os.environ.get("CNNLAB_DATA") or REPO.parent / "shared/data/fashion-mnist")
+    if not (path / "train-images-idx3-ubyte.gz").exists() and \
+            not (path / "train-images-idx3-ubyte").exists():
+        pytest.fail(f"Fashion-MNIST not found in {path}: set CNNLAB_DATA to its folder")
+    return path
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file holding `array`."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_dataset(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = True,
+                  seed: int = 0) -> Path:
+    """A tiny valid dataset in the four IDX files (random pixels, labels 0..9)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
+    }
+    for name, array in files.items():
+        payload = idx_bytes(array)
+        if gz:
+            (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+        else:
+            (folder / name).write_bytes(payload)
+    return folder

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.models import count_macs, count_parameters, get_model, list_models
+from cnnlab.models.custom import ConvolutionalNetwork
+
+EXPECTED_PARAMETERS = {"lenet": 61_706, "alexnet": 2_780_298,
+                       "custom": 4_458_826, "custom_nobn": 4_458_442}
+
+
+def test_registry_holds_the_study_networks():
+    assert set(EXPECTED_PARAMETERS) <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMETERS))
+def test_parameter_counts_match_the_report(name):
+    assert count_parameters(get_model(name)) == EXPECTED_PARAMETERS[name]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = get_model(name)
+    x = torch.randn(5, 1, 28, 28)
+    out = model(x)
+    assert out.shape == (5, 10)
+    assert torch.isfinite(out).all()
+    out.sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(CnnlabError, match="lenet"):
+        get_model("resnet")
+
+
+def test_custom_layers_follow_the_report():
+    model = ConvolutionalNetwork()
+    assert model.conv1.kernel_size == (1, 1) and model.conv1.padding == (1, 1)
+    assert model.pool2.padding == 1
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in get_model("custom_nobn").modules())
+
+
+def test_macs_count_the_plain_network():
+    assert count_macs(get_model("lenet")) == 416_520
+    # custom: conv1 + conv2 at 30x30, conv3 + conv4 at 15x15, fc1, fc2
+    expected = 64 * 900 + 64 * 900 * 576 + 128 * 225 * 576 + 128 * 225 * 1152 \
+        + 8192 * 512 + 512 * 10
+    assert count_macs(get_model("custom")) == expected
