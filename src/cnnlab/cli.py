@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from datetime import datetime
@@ -13,9 +14,11 @@ import torch
 from cnnlab import __version__
 from cnnlab.data import SHA256, download, resolve_data_dir, verify
 from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write_text
 from cnnlab.models import count_macs, count_parameters, get_model, list_models
 from cnnlab.presets import list_presets, load_preset
 from cnnlab.report import plot_run
+from cnnlab.reproduce import QUICK
 from cnnlab.train import (
     TrainConfig,
     evaluate,
@@ -66,8 +69,9 @@ def cmd_presets(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    overrides = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                 "step_size": args.step_size, "gamma": args.gamma, "seed": args.seed,
+    overrides = {"model": args.model, "epochs": args.epochs, "lr": args.lr,
+                 "batch_size": args.batch_size, "step_size": args.step_size,
+                 "gamma": args.gamma, "augment": args.augment, "seed": args.seed,
                  "limit_train": args.limit_train, "limit_test": args.limit_test}
     if args.resume:
         run_dir = Path(args.resume)
@@ -128,6 +132,67 @@ def cmd_download(args: argparse.Namespace) -> None:
     print(f"{data_dir}: {note}all {len(SHA256)} files present and verified (SHA-256)")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    import shlex
+
+    from cnnlab.report import build_report
+
+    command = "cnnlab " + shlex.join(sys.argv[1:])
+    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command):
+        print(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from cnnlab.predict import format_json, format_text, predict
+
+    predictions = predict(Path(args.checkpoint), [Path(p) for p in args.images],
+                          invert=not args.no_invert, top=args.top,
+                          device=resolve_device(args.device))
+    print(format_json(predictions) if args.json else format_text(predictions))
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from cnnlab.report import build_report
+    from cnnlab.reproduce import reproduce
+
+    presets = parse_list(args.runs, list_presets(), "preset")
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",")})
+    except ValueError:
+        raise CnnlabError(f"--seeds wants integers like 0,1,2 (got {args.seeds!r})") from None
+    out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
+    reproduce(presets, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
+              args.quiet)
+    command = " ".join(["cnnlab", *sys.argv[1:]])
+    for path in build_report(out_dir, data_dir, command):
+        print(f"wrote {path}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from cnnlab.bench import format_bench, run_bench
+
+    models = parse_list(args.models, list_models(), "model")
+    if args.steps < 1 or args.repeats < 1:
+        raise CnnlabError("--steps and --repeats must be >= 1")
+    result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
+                       args.steps, args.repeats,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_bench(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def parse_list(text: str, valid: list[str], kind: str) -> list[str]:
+    """A comma-separated list of names, each of which must be valid."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise CnnlabError(f"unknown {kind} {', '.join(unknown) or repr(text)}; "
+                          f"choose from: {', '.join(valid)}")
+    return names
+
+
 # --------------------------------------------------------------------------- parser
 
 def build_parser() -> Parser:
@@ -150,11 +215,14 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train a preset", parents=[common])
     p.add_argument("preset", nargs="?", help="one of `cnnlab presets`")
+    p.add_argument("--model", help="another network for the preset's recipe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--step-size", type=int, help="StepLR step size in epochs (default 5)")
     p.add_argument("--gamma", type=float, help="StepLR decay factor (default 0.5)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="rotation + flip on the training images (default: the preset's)")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
@@ -173,6 +241,44 @@ def build_parser() -> Parser:
 
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
                    parents=[common]).set_defaults(run=cmd_download)
+
+    p = sub.add_parser("reproduce", help="re-run the study and write its report",
+                       parents=[common])
+    p.add_argument("--runs", default=",".join(list_presets()),
+                   help="comma-separated presets (default: the study's five)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--out", default="results/study", help="study folder (default %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="subsets and few epochs: "
+                   + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.set_defaults(run=cmd_reproduce)
+
+    p = sub.add_parser("bench", help="train/eval speed against the study-style pipeline",
+                       parents=[common])
+    p.add_argument("--models", default="lenet,alexnet,custom,custom_nobn")
+    p.add_argument("--steps", type=int, default=30, help="training steps per measurement")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
+    p.set_defaults(run=cmd_bench)
+
+    p = sub.add_parser("report", help="write the study report from the run folders in DIR",
+                       parents=[common])
+    p.add_argument("dir", metavar="DIR", help="study folder holding runs/<preset>-seed<k>/")
+    p.set_defaults(run=cmd_report)
+
+    p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",
+                       parents=[common])
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR|FILE",
+                   help="a run folder (uses its last.pt) or a .pt file")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--no-invert", action="store_true",
+                   help="keep a light background as it is (default: invert it, as "
+                   "Fashion-MNIST shows light objects on black)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--top", type=int, default=3, metavar="K",
+                   help="how many classes to show (default 3)")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 

@@ -24,6 +24,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise CnnlabError(f"cannot write in {path.parent}: {e.strerror}; "
                           "choose a writable folder") from e
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,15 +1,51 @@
-"""Figures of training runs (loss and accuracy per epoch)."""
+"""Figures of training runs, and the study report built from run folders alone.
+
+`build_report` reads `DIR/runs/<preset>-seed<k>/` (metrics.csv, config.json, last.pt) and
+writes REPORT.md, a self-contained report.html and PNG figures, so a report can be
+rebuilt, restyled or extended at any time without training again.
+"""
 
 from __future__ import annotations
 
+import base64
+import csv
+import html
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cnnlab.files import atomic_write  # noqa: E402
+from cnnlab import __version__  # noqa: E402
+from cnnlab.data import CLASSES, ImageSet, load_split  # noqa: E402
+from cnnlab.errors import CnnlabError  # noqa: E402
+from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
+from cnnlab.models import count_macs, count_parameters, get_model  # noqa: E402
+from cnnlab.presets import STUDY_ORDER, load_preset  # noqa: E402
+from cnnlab.train import (  # noqa: E402
+    METRICS_HEADER,
+    git_commit,
+    load_checkpoint,
+    model_from_checkpoint,
+    predict_logits,
+)
+
+ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
+MAX_MISCLASSIFIED = 24
+SECTIONS = ("1. Results", "2. Loss curves", "3. BatchNorm ablation", "4. Final models",
+            "5. Environment")
 
 
 def plot_run(rows: list[dict[str, float]], out_dir: Path, title: str) -> list[Path]:
@@ -32,3 +68,479 @@ def plot_run(rows: list[dict[str, float]], out_dir: Path, title: str) -> list[Pa
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# --------------------------------------------------------------------------- run folders
+
+@dataclass
+class Run:
+    """One training run as its folder recorded it."""
+
+    path: Path
+    info: dict[str, Any]          # config.json
+    rows: list[dict[str, float]]  # metrics.csv
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info["config"]
+
+    @property
+    def planned_epochs(self) -> int:
+        return int(self.config["epochs"])
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) >= self.planned_epochs
+
+    @property
+    def final_acc(self) -> float:
+        return self.rows[-1]["test_acc"]
+
+    @property
+    def best_acc(self) -> float:
+        return max(r["test_acc"] for r in self.rows)
+
+
+def read_run(path: Path) -> Run:
+    """Parse one run folder; a damaged file is an error, never a silently wrong number."""
+    config_path, metrics_path = path / "config.json", path / "metrics.csv"
+    try:
+        info = json.loads(config_path.read_text())
+        missing = [k for k in ("preset", "model", "seed", "epochs") if k not in info["config"]]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} in its config")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CnnlabError(f"{config_path}: unreadable or incomplete ({e}); "
+                          "retrain the run or move its folder out of runs/") from e
+    try:
+        with open(metrics_path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(METRICS_HEADER) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"no column {', '.join(sorted(missing))}")
+            rows = [{k: int(row[k]) if k == "epoch" else float(row[k]) for k in METRICS_HEADER}
+                    for row in reader]
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        raise CnnlabError(f"{metrics_path}: unreadable ({e}); "
+                          "retrain the run or move its folder out of runs/") from e
+    return Run(path, info, rows)
+
+
+def preset_order(name: str) -> tuple[int, str]:
+    return (STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER), name)
+
+
+def load_runs(study_dir: Path) -> tuple[dict[str, list[Run]], list[str]]:
+    """Runs grouped by preset (study order, then by seed), and notes on runs left out."""
+    if not study_dir.is_dir():
+        raise CnnlabError(f"study folder {study_dir} does not exist; give the folder that "
+                          "holds runs/<preset>-seed<k>/")
+    folders = sorted(p for p in (study_dir / "runs").glob("*/")
+                     if (p / "config.json").exists() or (p / "metrics.csv").exists())
+    if not folders:
+        raise CnnlabError(f"{study_dir / 'runs'} holds no run folders; train into it first, "
+                          f"e.g. `cnnlab train lenet --seed 0 --out {study_dir}/runs/lenet-seed0`")
+    groups: dict[str, list[Run]] = {}
+    notes = []
+    for folder in folders:
+        run = read_run(folder)
+        if not run.rows:
+            notes.append(f"{folder.name} has no finished epoch and is left out.")
+            continue
+        groups.setdefault(run.config["preset"], []).append(run)
+    if not groups:
+        raise CnnlabError(f"no run in {study_dir / 'runs'} has finished an epoch; "
+                          "let training run for at least one epoch")
+    return ({name: sorted(groups[name], key=lambda r: r.config["seed"])
+             for name in sorted(groups, key=preset_order)}, notes)
+
+
+# --------------------------------------------------------------------------- numbers
+
+def std(values: list[float]) -> float | None:
+    """Sample standard deviation (n − 1); None for fewer than two values."""
+    return statistics.stdev(values) if len(values) > 1 else None
+
+
+def pct_summary(values: list[float]) -> str:
+    """Percentages: the value for one run; mean ± std (min–max) for several."""
+    pct = [100 * v for v in values]
+    if len(pct) == 1:
+        return f"{pct[0]:.2f}"
+    return f"{statistics.mean(pct):.2f} ± {std(pct):.2f} ({min(pct):.2f}–{max(pct):.2f})"
+
+
+def mean_final(runs: list[Run]) -> float:
+    return statistics.mean(r.final_acc for r in runs)
+
+
+def study_accuracy(preset: str) -> float | None:
+    try:
+        return load_preset(preset).get("study_accuracy")
+    except CnnlabError:  # a preset this cnnlab does not ship
+        return None
+
+
+def epochs_cell(runs: list[Run]) -> str:
+    cells = dict.fromkeys(str(len(r.rows)) if r.complete else
+                          f"{len(r.rows)} of {r.planned_epochs} (incomplete)" for r in runs)
+    return ", ".join(cells)
+
+
+def volatility(run: Run) -> float | None:
+    """How erratic the test loss is: std of its epoch-to-epoch changes."""
+    changes = np.diff([r["test_loss"] for r in run.rows])
+    return std(changes.tolist())
+
+
+def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[str]]]:
+    headers = ["preset", "seeds", "final test acc (%)", "study (%)", "Δ (points)",
+               "best-epoch test acc (%, picked on test set: optimistic)", "parameters",
+               "MACs/image", "epochs", "training time (s, all seeds)", "median train img/s",
+               "device"]
+    rows = []
+    for preset, runs in groups.items():
+        study = study_accuracy(preset)
+        model = get_model(runs[0].config["model"])
+        rows.append([
+            preset,
+            ", ".join(str(r.config["seed"]) for r in runs),
+            pct_summary([r.final_acc for r in runs]),
+            "—" if study is None else f"{100 * study:.1f}",
+            "—" if study is None else f"{100 * (mean_final(runs) - study):+.2f}",
+            pct_summary([r.best_acc for r in runs]),
+            f"{count_parameters(model):,}",
+            f"{count_macs(model):,}",
+            epochs_cell(runs),
+            f"{sum(row['seconds'] for r in runs for row in r.rows):.1f}",
+            f"{statistics.median(row['train_img_per_s'] for r in runs for row in r.rows):.0f}",
+            ", ".join(dict.fromkeys(str(r.info.get("device", "?")) for r in runs)),
+        ])
+    return headers, rows
+
+
+def results_notes(groups: dict[str, list[Run]]) -> list[str]:
+    notes = []
+    for preset, runs in groups.items():
+        for r in runs:
+            if not r.complete:
+                notes.append(f"{r.path.name} is incomplete: {len(r.rows)} of "
+                             f"{r.planned_epochs} epochs; its last finished epoch counts as "
+                             "final.")
+        limits = {(r.config.get("limit_train"), r.config.get("limit_test")) for r in runs}
+        for train_n, test_n in sorted(limits, key=str):
+            if train_n or test_n:
+                notes.append(f"{preset}: trained on {train_n or 'all'} training images and "
+                             f"tested on {test_n or 'all'} test images, so its accuracy is not "
+                             "comparable with the study's.")
+    return notes
+
+
+def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
+    """The BatchNorm ablation's findings, computed from the runs (no written-in verdicts)."""
+    present = [name for name in ABLATION if name in groups]
+    if len(present) < 2:
+        return [f"Skipped: needs at least two of {', '.join(ABLATION)}; "
+                f"this study has {', '.join(present) or 'none'}."]
+    means = {name: mean_final(groups[name]) for name in present}
+    best = max(present, key=means.get)
+    others = [name for name in present if name != best]
+    gaps = ", ".join(f"{100 * (means[best] - means[o]):.2f} points above {o} "
+                     f"({100 * means[o]:.2f}%)" for o in others)
+    text = [f"Best final test accuracy: {best} with {100 * means[best]:.2f}% "
+            f"(mean over {len(groups[best])} seed(s)), {gaps}."]
+
+    vol = {}
+    for name in present:
+        values = [v for v in map(volatility, groups[name]) if v is not None]
+        vol[name] = statistics.mean(values) if values else None
+    listed = "; ".join(f"{name} {v:.4f}" if v is not None else f"{name} n/a (needs 3 epochs)"
+                       for name, v in vol.items())
+    sentence = ("Test-loss volatility, the standard deviation of epoch-to-epoch test-loss "
+                f"changes (mean over seeds): {listed}.")
+    base = vol.get("custom")
+    verdicts = [f"{name}'s test loss is {'more' if v > base else 'not more'} erratic than "
+                f"custom's ({v / base:.1f}×)"
+                for name, v in vol.items() if name != "custom" and v is not None] if base else []
+    text.append(" ".join([sentence, "; ".join(verdicts) + "." if verdicts else
+                          "A comparison with BatchNorm needs custom with 3 or more epochs."]))
+
+    spreads = []
+    for o in others:
+        if len(groups[best]) < 2 or len(groups[o]) < 2:
+            spreads.append(f"against {o} it cannot be judged: "
+                           f"{best if len(groups[best]) < 2 else o} has only one seed")
+            continue
+        spread = 100 * max(std([r.final_acc for r in groups[n]]) for n in (best, o))
+        gap = 100 * (means[best] - means[o])
+        spreads.append(f"against {o} the gap of {gap:.2f} points "
+                       f"{'exceeds' if gap > spread else 'does not exceed'} the larger "
+                       f"seed-to-seed std ({spread:.2f} points)")
+    text.append("Gap versus seed-to-seed spread: " + "; ".join(spreads) + ".")
+    return text
+
+
+def confusion(labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    n = len(CLASSES)
+    flat = (labels * n + predicted).bincount(minlength=n * n)
+    return flat.reshape(n, n).numpy()
+
+
+# --------------------------------------------------------------------------- figures
+
+def band(ax: Axes, runs: list[Run], key: str, label: str, scale: float = 1.0,
+         style: str = "-") -> None:
+    """Mean line over seeds, with a shaded min–max band when there are several seeds."""
+    epochs = sorted({row["epoch"] for r in runs for row in r.rows})
+    values = [[scale * row[key] for r in runs for row in r.rows if row["epoch"] == e]
+              for e in epochs]
+    line, = ax.plot(epochs, [statistics.mean(v) for v in values], style, marker="o", ms=3,
+                    label=label if len(runs) == 1 else f"{label} (mean of {len(runs)} seeds)")
+    if len(runs) > 1:
+        ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
+                        color=line.get_color(), alpha=0.2, lw=0)
+
+
+def finish(ax: Axes, title: str, ylabel: str) -> None:
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def loss_figure(preset: str, runs: list[Run]) -> Figure:
+    fig = Figure(figsize=(6, 4), dpi=110, layout="tight")
+    ax = fig.subplots()
+    band(ax, runs, "train_loss", "train")
+    band(ax, runs, "test_loss", "test", style="--")
+    note = " (band: min–max over seeds)" if len(runs) > 1 else ""
+    finish(ax, f"{preset}: train and test loss{note}", "cross-entropy loss")
+    return fig
+
+
+def accuracy_figure(groups: dict[str, list[Run]]) -> Figure:
+    fig = Figure(figsize=(7, 4.5), dpi=110, layout="tight")
+    ax = fig.subplots()
+    for preset, runs in groups.items():
+        band(ax, runs, "test_acc", preset, scale=100)
+    finish(ax, "Test accuracy per epoch, all presets", "test accuracy (%)")
+    return fig
+
+
+def ablation_figure(groups: dict[str, list[Run]]) -> Figure:
+    fig = Figure(figsize=(11, 4.2), dpi=110, layout="tight")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for name in ABLATION:
+        if name in groups:
+            band(loss_ax, groups[name], "test_loss", name)
+            band(acc_ax, groups[name], "test_acc", name, scale=100)
+    finish(loss_ax, "BatchNorm ablation: test loss", "cross-entropy loss")
+    finish(acc_ax, "BatchNorm ablation: test accuracy", "test accuracy (%)")
+    return fig
+
+
+def confusion_figure(title: str, matrix: np.ndarray) -> Figure:
+    fig = Figure(figsize=(7.5, 6.5), dpi=110, layout="tight")
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ticks = range(len(CLASSES))
+    ax.set_xticks(ticks, CLASSES, rotation=45, ha="right")
+    ax.set_yticks(ticks, CLASSES)
+    ax.set(title=title, xlabel="predicted class", ylabel="true class")
+    for (i, j), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if count > matrix.max() / 2 else "black")
+    return fig
+
+
+def misclassified_figure(title: str, images: torch.Tensor, true: list[int],
+                         predicted: list[int]) -> Figure:
+    cols = 6
+    rows = max(1, -(-len(images) // cols))
+    fig = Figure(figsize=(cols * 1.6, rows * 1.9 + 0.4), dpi=110, layout="tight")
+    fig.suptitle(title)
+    for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k].numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"true: {CLASSES[true[k]]}\npred: {CLASSES[predicted[k]]}", fontsize=7)
+    return fig
+
+
+# --------------------------------------------------------------------------- the document
+
+@dataclass
+class Document:
+    """Markdown and HTML written side by side, so the two reports never disagree."""
+
+    figures_dir: Path
+    md: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(f"{text}\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def bullets(self, items: list[str]) -> None:
+        if items:
+            self.md.append("".join(f"- {item}\n" for item in items))
+            self.html.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items)
+                             + "</ul>")
+
+    def code(self, text: str) -> None:
+        self.md.append(f"```\n{text}\n```\n")
+        self.html.append(f"<pre><code>{html.escape(text)}</code></pre>")
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        def md_row(cells: list[str]) -> str:
+            return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n"
+        self.md.append(md_row(headers) + md_row(["---"] * len(headers))
+                       + "".join(map(md_row, rows)))
+        cells = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                       for row in rows)
+        self.html.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{body}</tbody></table>")
+
+    def figure(self, name: str, fig: Figure, caption: str) -> None:
+        """Save `fig` as figures/<name>, linked from REPORT.md and embedded in the HTML."""
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        png = buffer.getvalue()
+        atomic_write(self.figures_dir / name, lambda f: f.write(png))
+        self.md.append(f"![{caption}](figures/{name})\n\n*{caption}*\n")
+        data = base64.b64encode(png).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" '
+                         f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                         "</figcaption></figure>")
+
+    def render_html(self, title: str) -> str:
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+                 "table{border-collapse:collapse;font-size:.9em;margin:1em 0}"
+                 "th,td{border:1px solid #bbb;padding:.3em .5em;text-align:left}"
+                 "th{background:#eee}img{max-width:100%}figcaption{font-style:italic}"
+                 "pre{background:#f4f4f4;padding:.5em;overflow-x:auto}")
+        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                f"<title>{html.escape(title)}</title><style>{style}</style></head><body>\n"
+                + "\n".join(self.html) + "\n</body></html>\n")
+
+
+# --------------------------------------------------------------------------- sections
+
+def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path) -> None:
+    """Confusion matrix, per-class accuracy and misclassified images of each first seed."""
+    doc.heading(2, SECTIONS[3])
+    doc.para("The model of the first seed of each preset, as saved in its last.pt.")
+    test_set: ImageSet | None = None
+    for preset, runs in groups.items():
+        run = runs[0]
+        doc.heading(3, f"{preset} ({run.path.name})")
+        checkpoint = run.path / "last.pt"
+        if not checkpoint.is_file():
+            doc.para(f"{run.path.name} has no last.pt, so this part is skipped.")
+            continue
+        try:
+            test_set = test_set or load_split(data_dir, "test")
+            state = load_checkpoint(checkpoint)
+            model = model_from_checkpoint(state, checkpoint)
+        except CnnlabError as e:
+            doc.para(f"Skipped: {e}")
+            continue
+        data = test_set.head(state["config"]["limit_test"])
+        predicted = predict_logits(model, data.images).argmax(1)
+        matrix = confusion(data.labels, predicted)
+        correct = int(np.trace(matrix))
+        doc.para(f"Model after epoch {state['epoch']}: {correct:,} of {len(data):,} test "
+                 f"images right ({100 * correct / len(data):.2f}%).")
+        doc.figure(f"confusion-{preset}.png",
+                   confusion_figure(f"{preset}: confusion matrix ({len(data):,} test images)",
+                                    matrix), f"{preset}: confusion matrix (counts)")
+        rows = []
+        for i, name in enumerate(CLASSES):
+            total = int(matrix[i].sum())
+            off = matrix[i].copy()
+            off[i] = 0
+            confused = CLASSES[int(off.argmax())] if off.any() else "—"
+            rows.append([name, str(total), str(int(matrix[i, i])),
+                         f"{100 * matrix[i, i] / total:.1f}" if total else "—", confused])
+        doc.table(["class", "test images", "right", "accuracy (%)", "most often taken for"],
+                  rows)
+        wrong = (predicted != data.labels).nonzero().flatten()[:MAX_MISCLASSIFIED]
+        if len(wrong):
+            doc.figure(f"misclassified-{preset}.png", misclassified_figure(
+                f"{preset}: misclassified test images (first {len(wrong)})", data.images[wrong],
+                data.labels[wrong].tolist(), predicted[wrong].tolist()),
+                f"{preset}: misclassified test images with true and predicted labels")
+        else:
+            doc.para("No test image is misclassified.")
+
+
+def environment_section(doc: Document, runs: list[Run], command: str) -> None:
+    def recorded(key: str) -> str:
+        return ", ".join(dict.fromkeys(str(r.info.get(key) or "unknown") for r in runs))
+
+    started = sorted(str(r.info["started"]) for r in runs if r.info.get("started"))
+    doc.heading(2, SECTIONS[4])
+    doc.table(["", "this report", "training runs (as recorded)"], [
+        ["cnnlab", __version__, recorded("cnnlab")],
+        ["git commit", git_commit() or "unknown", recorded("git_commit")],
+        ["torch", torch.__version__, recorded("torch")],
+        ["device", "cpu", recorded("device")],
+        ["threads", str(torch.get_num_threads()), recorded("threads")],
+        ["date", datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         f"{started[0]} to {started[-1]}" if started else "unknown"],
+    ])
+    doc.para("This report was produced by:")
+    doc.code(command)
+
+
+def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, Path]:
+    """Write DIR/REPORT.md, DIR/report.html and DIR/figures/*.png; return the two reports."""
+    study_dir = Path(study_dir)
+    groups, skipped = load_runs(study_dir)
+    figures_dir = study_dir / "figures"
+    try:
+        figures_dir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create {figures_dir}: {e.strerror}; "
+                          "make the study folder writable") from e
+    doc = Document(figures_dir)
+    title = "Fashion-MNIST CNN study: report"
+    doc.heading(1, title)
+    doc.para(f"Built from {sum(map(len, groups.values()))} run(s) in {study_dir / 'runs'}. "
+             "Accuracies are on the Fashion-MNIST test set, in percent; with several seeds "
+             "they read mean ± standard deviation (n − 1) (min–max).")
+
+    doc.heading(2, SECTIONS[0])
+    doc.table(*results_table(groups))
+    doc.bullets(skipped + results_notes(groups) + [
+        "Best-epoch accuracy is the highest test accuracy of any epoch, so the epoch is "
+        "selected on the test set: an optimistic figure, not a fair estimate.",
+        "Δ is the final accuracy (mean over seeds) minus the study's, in percentage points."])
+
+    doc.heading(2, SECTIONS[1])
+    for preset, runs in groups.items():
+        doc.figure(f"loss-{preset}.png", loss_figure(preset, runs),
+                   f"{preset}: train and test loss per epoch")
+    doc.figure("accuracy-all.png", accuracy_figure(groups), "Test accuracy per epoch, all presets")
+
+    doc.heading(2, SECTIONS[2])
+    paragraphs = ablation_text(groups)
+    if sum(name in groups for name in ABLATION) >= 2:
+        doc.figure("bn-ablation.png", ablation_figure(groups),
+                   "BatchNorm ablation: test loss and test accuracy per epoch")
+    for text in paragraphs:
+        doc.para(text)
+
+    final_model_section(doc, groups, data_dir)
+    environment_section(doc, [r for runs in groups.values() for r in runs], command)
+
+    md_path, html_path = study_dir / "REPORT.md", study_dir / "report.html"
+    atomic_write_text(md_path, "\n".join(doc.md))
+    atomic_write_text(html_path, doc.render_html(title))
+    return md_path, html_path

@@ -1,0 +1,94 @@
+"""`cnnlab reproduce`: every preset × seed of the study into one folder, then the report.
+
+Each run lives in `DIR/runs/<preset>-seed<k>/`. A finished run is skipped and an
+interrupted one resumes from its checkpoint, so running the command again after a crash
+or Ctrl-C loses at most the epoch that was in progress.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from cnnlab.models import count_macs, get_model
+from cnnlab.train import TrainConfig, read_metrics, resume_config, train
+
+# --quick: the same pipeline on subsets and few epochs (a few minutes on 2 CPU cores).
+QUICK = {"epochs": 2, "limit_train": 4000, "limit_test": 1000}
+
+
+@dataclass
+class PlannedRun:
+    config: TrainConfig
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    def epochs_done(self) -> int:
+        metrics = self.run_dir / "metrics.csv"
+        return len(read_metrics(metrics)) if (self.run_dir / "last.pt").is_file() else 0
+
+    def work_per_epoch(self) -> float:
+        """Relative cost of one epoch (MACs × training images), for the overall ETA."""
+        images = self.config.limit_train or 60_000
+        return count_macs(get_model(self.config.model)) * images
+
+
+def plan(presets: list[str], seeds: list[int], out_dir: Path, quick: bool) -> list[PlannedRun]:
+    overrides = QUICK if quick else {}
+    return [PlannedRun(TrainConfig.from_preset(p, seed=s, **overrides),
+                       out_dir / "runs" / f"{p}-seed{s}")
+            for p in presets for s in seeds]
+
+
+class Progress:
+    """One line per epoch: run k of n, epoch, and an ETA for the whole reproduction,
+    from the pace measured so far in this session weighted by each run's cost."""
+
+    def __init__(self, runs: list[PlannedRun]) -> None:
+        self.remaining = sum(r.work_per_epoch() * (r.config.epochs - r.epochs_done())
+                             for r in runs)
+        self.done = 0.0
+        self.start = time.perf_counter()
+
+    def epoch_finished(self, k: int, n: int, run: PlannedRun, row: dict[str, float]) -> None:
+        work = run.work_per_epoch()
+        self.done += work
+        self.remaining -= work
+        pace = (time.perf_counter() - self.start) / self.done
+        print(f"[run {k}/{n} {run.name}] epoch {row['epoch']}/{run.config.epochs}  "
+              f"test acc {100 * row['test_acc']:.2f}%  reproduction ETA "
+              f"{format_duration(pace * self.remaining)}", file=sys.stderr, flush=True)
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes >= 60:
+        return f"{minutes // 60}h{minutes % 60:02d}m"
+    return f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def reproduce(presets: list[str], seeds: list[int], out_dir: Path, data_dir: Path,
+              device: torch.device, quick: bool = False, quiet: bool = False) -> None:
+    """Train every planned run that is not finished yet (resuming interrupted ones)."""
+    runs = plan(presets, seeds, out_dir, quick)
+    progress = Progress(runs)
+    for k, run in enumerate(runs, 1):
+        done = run.epochs_done()
+        if done:
+            # Refuses, naming the differences, when the folder holds other settings.
+            resume_config(run.run_dir, run.config.preset, asdict(run.config))
+        if done >= run.config.epochs:
+            print(f"[run {k}/{len(runs)} {run.name}] finished earlier, skipped",
+                  file=sys.stderr)
+            continue
+        verb = f"resuming after epoch {done}" if done else "starting"
+        print(f"[run {k}/{len(runs)} {run.name}] {verb}", file=sys.stderr, flush=True)
+        train(run.config, run.run_dir, data_dir, device, resume=done > 0, quiet=quiet,
+              on_epoch=lambda row, k=k, run=run: progress.epoch_finished(k, len(runs), run, row))

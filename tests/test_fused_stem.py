@@ -1,0 +1,83 @@
+"""The custom networks' fused stem computes exactly what the plain layers compute."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab.augment import train_batch
+from cnnlab.models import get_model
+from cnnlab.models.registry import plain_path
+from cnnlab.train import as_input, prepare_model
+
+
+def twins(name: str):
+    torch.manual_seed(0)
+    fused = get_model(name)
+    plain = copy.deepcopy(fused)
+    plain.fused_stem = False
+    return fused, plain
+
+
+@pytest.mark.parametrize("name", ["custom", "custom_nobn"])
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_outputs_and_every_gradient_match(name, train_mode):
+    fused, plain = twins(name)
+    assert fused.fused_stem and not plain.fused_stem
+    fused.train(train_mode)
+    plain.train(train_mode)
+    x = torch.randn(16, 1, 28, 28)
+    torch.manual_seed(1)  # same dropout masks on both sides
+    out_fused = fused(x)
+    torch.manual_seed(1)
+    out_plain = plain(x)
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-4, atol=1e-5)
+    out_fused.square().sum().backward()
+    out_plain.square().sum().backward()
+    # Tolerance relative to the model's largest gradient: with BatchNorm in train mode the
+    # true gradients of conv2.bias and conv4.bias are zero (BN removes any per-channel
+    # shift), so both sides there hold only rounding noise.
+    scale = max(p.grad.abs().max().item() for p in plain.parameters())
+    for (pname, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters(),
+                                  strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5 * scale, msg=pname)
+
+
+def test_state_dicts_load_in_both_directions():
+    fused, plain = twins("custom")
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    fresh_plain = get_model("custom")
+    fresh_plain.fused_stem = False
+    fresh_plain.load_state_dict(fused.state_dict())
+    get_model("custom").load_state_dict(plain.state_dict())
+
+
+def test_plain_path_switches_the_fast_path_off_and_back():
+    model = get_model("custom")
+    with plain_path(model):
+        assert not model.fused_stem
+    assert model.fused_stem
+
+
+def test_training_steps_give_the_same_losses(data_dir):
+    """A few real Adam steps on augmented Fashion-MNIST from one seed and state."""
+    from cnnlab.data import load_split
+
+    data = load_split(data_dir, "train").head(64 * 6)
+    fused, plain = twins("custom")
+    fused = prepare_model(fused, torch.device("cpu"))
+    losses = {}
+    for label, model in (("fused", fused), ("plain", plain)):
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        losses[label] = []
+        for index in torch.arange(len(data.labels)).split(64):
+            x = as_input(train_batch(data.images[index], generator))
+            loss = F.cross_entropy(model(x), data.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[label].append(loss.item())
+    assert losses["fused"] == pytest.approx(losses["plain"], rel=2e-3)

@@ -1,0 +1,234 @@
+"""`cnnlab report`: a study report rebuilt from run folders, checked against their files."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.data import missing_files, resolve_data_dir
+from cnnlab.models import count_macs, count_parameters, get_model
+from cnnlab.report import SECTIONS, build_report
+from cnnlab.train import TrainConfig, train
+
+DATA_DIR = resolve_data_dir()
+PNG = b"\x89PNG\r\n\x1a\n"
+COMMAND = "cnnlab report STUDY --data-dir DATA"
+
+
+class StopAfterOneEpoch(Exception):
+    """Raised from on_epoch to leave a run incomplete, as an interrupted run would be."""
+
+
+def stop(_row: dict[str, float]) -> None:
+    raise StopAfterOneEpoch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: with two cores shared with another job, two threads spin-wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, one_thread) -> Path:
+    if missing_files(DATA_DIR):
+        pytest.skip(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
+    root = tmp_path_factory.mktemp("study")
+    cpu = torch.device("cpu")
+    for seed in (0, 1):
+        config = TrainConfig.from_preset("lenet", epochs=2, limit_train=2000, limit_test=500,
+                                         seed=seed)
+        train(config, root / "runs" / f"lenet-seed{seed}", DATA_DIR, cpu, quiet=True)
+    config = TrainConfig.from_preset("custom_nobn", epochs=2, limit_train=500, limit_test=200)
+    with pytest.raises(StopAfterOneEpoch):
+        train(config, root / "runs" / "custom_nobn-seed0", DATA_DIR, cpu, quiet=True,
+              on_epoch=stop)
+    build_report(root, DATA_DIR, COMMAND)
+    return root
+
+
+def read_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def section(markdown: str, heading: str) -> str:
+    return markdown.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def parse_table(text: str) -> list[dict[str, str]]:
+    """The first Markdown table in `text` as one dict per row."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+    return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
+
+
+def numbers(cell: str) -> list[float]:
+    return [float(x) for x in re.findall(r"[-+]?\d+(?:\.\d+)?", cell.replace(",", ""))]
+
+
+def summary(values: list[float]) -> list[float]:
+    """The numbers a table cell should show: the value, or mean, std, min and max."""
+    if len(values) == 1:
+        return values
+    return [statistics.mean(values), statistics.stdev(values), min(values), max(values)]
+
+
+def test_report_files_and_sections(study: Path) -> None:
+    markdown = (study / "REPORT.md").read_text()
+    page = (study / "report.html").read_text()
+    for heading in SECTIONS:
+        assert f"\n## {heading}\n" in markdown
+        assert f"<h2>{heading}</h2>" in page
+    assert COMMAND in markdown and COMMAND in page
+
+
+def test_figures_are_pngs_and_html_is_self_contained(study: Path) -> None:
+    markdown = (study / "REPORT.md").read_text()
+    page = (study / "report.html").read_text()
+    figures = re.findall(r"!\[[^\]]*\]\((figures/[^)]+)\)", markdown)
+    assert {"figures/loss-lenet.png", "figures/loss-custom_nobn.png", "figures/accuracy-all.png",
+            "figures/confusion-lenet.png", "figures/misclassified-lenet.png",
+            "figures/confusion-custom_nobn.png"} <= set(figures)
+    for name in figures:
+        assert (study / name).read_bytes().startswith(PNG)
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert [base64.b64decode(data) for data in embedded] == \
+        [(study / name).read_bytes() for name in figures]
+    assert not re.search(r'(src|href)="(?!data:)', page)
+    assert "figures/" not in page and "http" not in page
+
+
+def test_results_table_matches_metrics(study: Path) -> None:
+    table = parse_table(section((study / "REPORT.md").read_text(), SECTIONS[0]))
+    rows = {row["preset"]: row for row in table}
+    assert list(rows) == ["lenet", "custom_nobn"]
+    for preset, seeds, study_pct in (("lenet", [0, 1], 89.9), ("custom_nobn", [0], 86.9)):
+        row = rows[preset]
+        metrics = [read_csv(study / "runs" / f"{preset}-seed{s}" / "metrics.csv") for s in seeds]
+        final = [100 * m[-1]["test_acc"] for m in metrics]
+        best = [100 * max(r["test_acc"] for r in m) for m in metrics]
+        assert numbers(row["final test acc (%)"]) == pytest.approx(summary(final), abs=0.006)
+        best_key = next(k for k in row if k.startswith("best-epoch"))
+        assert "optimistic" in best_key
+        assert numbers(row[best_key]) == pytest.approx(summary(best), abs=0.006)
+        assert numbers(row["study (%)"]) == [study_pct]
+        assert numbers(row["Δ (points)"]) == pytest.approx(
+            [statistics.mean(final) - study_pct], abs=0.006)
+        assert row["seeds"] == ", ".join(map(str, seeds))
+        model = get_model(preset)
+        assert numbers(row["parameters"]) == [count_parameters(model)]
+        assert numbers(row["MACs/image"]) == [count_macs(model)]
+        all_rows = [r for m in metrics for r in m]
+        assert numbers(row["training time (s, all seeds)"]) == pytest.approx(
+            [sum(r["seconds"] for r in all_rows)], abs=0.06)
+        assert numbers(row["median train img/s"]) == pytest.approx(
+            [statistics.median(r["train_img_per_s"] for r in all_rows)], abs=0.6)
+        assert row["device"] == "cpu"
+    assert rows["lenet"]["epochs"] == "2"
+    assert rows["custom_nobn"]["epochs"] == "1 of 2 (incomplete)"
+    assert "custom_nobn-seed0 is incomplete: 1 of 2 epochs" in (study / "REPORT.md").read_text()
+
+
+def test_ablation_skipped_with_one_variant(study: Path) -> None:
+    text = section((study / "REPORT.md").read_text(), SECTIONS[2])
+    assert "Skipped: needs at least two of" in text
+    assert not (study / "figures" / "bn-ablation.png").exists()
+
+
+def test_final_model_agrees_with_its_metrics(study: Path) -> None:
+    """The saved model, re-evaluated by the report, scores what training recorded."""
+    text = section((study / "REPORT.md").read_text(), SECTIONS[3])
+    lenet = text.split("### lenet (lenet-seed0)", 1)[1].split("### ", 1)[0]
+    right, total = map(int, re.search(r"(\d+) of (\d+) test images right", lenet).groups())
+    recorded = read_csv(study / "runs" / "lenet-seed0" / "metrics.csv")[-1]["test_acc"]
+    assert total == 500 and right / total == pytest.approx(recorded, abs=1e-6)
+    classes = parse_table(lenet)
+    assert len(classes) == 10
+    assert sum(int(row["test images"]) for row in classes) == 500
+    assert sum(int(row["right"]) for row in classes) == right
+
+
+# --------------------------------------------------------------------------- synthetic runs
+
+def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[float]) -> None:
+    """A run folder written by hand (no last.pt), for numbers chosen by the test."""
+    folder = root / "runs" / f"{preset}-seed{seed}"
+    folder.mkdir(parents=True)
+    config = {"preset": preset, "model": preset.split("_lr")[0], "epochs": len(acc),
+              "seed": seed, "limit_train": None, "limit_test": None}
+    folder.joinpath("config.json").write_text(json.dumps(
+        {"config": config, "device": "cuda", "threads": 8, "torch": "2.5.0", "cnnlab": "0.1.0",
+         "git_commit": "abc", "started": "2025-01-01T00:00:00+00:00", "command": "x"}))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                         "seconds", "train_img_per_s"])
+        for epoch, (a, loss_value) in enumerate(zip(acc, loss, strict=True), 1):
+            writer.writerow([epoch, 1.0, 0.5, loss_value, a, 0.003, 10.0, 5000.0])
+
+
+def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
+    losses = {"custom": [[0.5, 0.4, 0.35, 0.3], [0.5, 0.42, 0.36, 0.31]],
+              "custom_nobn": [[0.9, 0.5, 1.2, 0.6], [1.0, 0.4, 0.9, 0.7]],
+              "custom_nobn_lr1e-3": [[0.6, 0.45, 0.4, 0.38]]}
+    final = {"custom": [0.930, 0.934], "custom_nobn": [0.860, 0.880],
+             "custom_nobn_lr1e-3": [0.925]}
+    for preset, runs in losses.items():
+        for seed, loss in enumerate(runs):
+            fake_run(tmp_path, preset, seed, [0.8, 0.85, 0.9, final[preset][seed]], loss)
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "report", str(tmp_path)])
+    assert main(["report", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "REPORT.md"),
+                                               str(tmp_path / "report.html")]
+    markdown = (tmp_path / "REPORT.md").read_text()
+    text = " ".join(section(markdown, SECTIONS[2]).split())
+    assert "Best final test accuracy: custom with 93.20%" in text
+    assert "6.20 points above custom_nobn (87.00%)" in text
+    assert "0.70 points above custom_nobn_lr1e-3 (92.50%)" in text
+    for preset, runs in losses.items():
+        volatility = statistics.mean(np.diff(loss).std(ddof=1) for loss in runs)
+        assert f"{preset} {volatility:.4f}" in text
+    assert "custom_nobn's test loss is more erratic than custom's" in text
+    # gap 6.20 vs the larger seed std: custom_nobn's 1.41 points
+    assert "against custom_nobn the gap of 6.20 points exceeds the larger seed-to-seed std " \
+        "(1.41 points)" in text
+    assert "against custom_nobn_lr1e-3 it cannot be judged: custom_nobn_lr1e-3 has only " \
+        "one seed" in text
+    assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
+    assert "custom-seed0 has no last.pt, so this part is skipped." in markdown
+    assert f"cnnlab report {tmp_path}" in markdown
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
+    return captured.err
+
+
+def test_missing_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    err = one_line_error(capsys, ["report", str(tmp_path / "nowhere")])
+    assert "does not exist" in err
+
+
+def test_no_runs_and_damaged_metrics_are_one_line_errors(tmp_path: Path, capsys) -> None:
+    (tmp_path / "runs").mkdir()
+    assert "holds no run folders" in one_line_error(capsys, ["report", str(tmp_path)])
+    fake_run(tmp_path, "lenet", 0, [0.5], [1.0])
+    (tmp_path / "runs" / "lenet-seed0" / "metrics.csv").write_text("epoch,oops\n1,2\n")
+    assert "metrics.csv: unreadable" in one_line_error(capsys, ["report", str(tmp_path)])
