@@ -197,3 +197,34 @@ def test_idx_parser_raises_only_its_own_error(data):
     for ndim in (1, 3):
         with contextlib.suppress(CnnlabError):
             parse_idx(data, "fuzz", ndim)
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 9), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+VALID_PNG = _png_bytes()
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.one_of(
+    st.binary(max_size=600),
+    st.tuples(st.integers(0, len(VALID_PNG) - 1), st.binary(min_size=1, max_size=6)).map(
+        lambda t: VALID_PNG[: t[0]] + t[1] + VALID_PNG[t[0] + len(t[1]):]),
+    st.integers(0, len(VALID_PNG)).map(lambda n: VALID_PNG[:n]),
+))
+def test_image_loader_raises_only_its_own_error(tmp_path, data):
+    from cnnlab.predict import load_image, to_input
+
+    path = tmp_path / "fuzz.png"
+    path.write_bytes(data)
+    with contextlib.suppress(CnnlabError):
+        tensor, _ = to_input(load_image(path))
+        assert tensor.shape == (28, 28) and tensor.dtype == torch.uint8

@@ -17,38 +17,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cnnlab import __version__
-from cnnlab.augment import MAX_DEGREES, eval_batch, hflip, normalize, rotate, to_unit, train_batch
+from cnnlab.augment import MAX_DEGREES, eval_batch, normalize, rotate, train_batch
 from cnnlab.data import ImageSet, load_split
 from cnnlab.models import count_macs, get_model
 from cnnlab.models.registry import plain_path
 from cnnlab.presets import load_preset
-from cnnlab.train import as_input, predict_logits, prepare_model
+from cnnlab.train import as_input, make_optimizer, predict_logits, prepare_model
 
 BATCH = 64
 
 
 class PerSampleDataset(Dataset):
-    """The study's pipeline, one image at a time: ToTensor → RandomRotation(10) →
-    RandomHorizontalFlip → Normalize, drawing each sample's angle and flip separately."""
+    """The study's data path, one image at a time, doing the work torchvision does: the
+    dataset hands out a PIL image and an int label; ToTensor → RandomRotation(10) (fill 0,
+    done with an extra mask channel as torchvision's tensor rotate does) →
+    RandomHorizontalFlip → Normalize, each drawing its own random numbers per sample."""
 
     def __init__(self, data: ImageSet, augment: bool) -> None:
-        self.data, self.augment = data, augment
+        self.images, self.labels = data.images.numpy(), data.labels.tolist()
+        self.augment = augment
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_unit(self.data.images[i : i + 1])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        picture = Image.fromarray(self.images[i], mode="L")
+        x = torch.from_numpy(np.array(picture, np.uint8, copy=True)).view(1, 28, 28)
+        x = x.float().div(255)
         if self.augment:
-            angle = (torch.rand(1) * 2 - 1) * MAX_DEGREES
-            x = hflip(rotate(x, angle), torch.rand(1) < 0.5)
-        return normalize(x)[0], self.data.labels[i]
+            angle = torch.empty(1).uniform_(-MAX_DEGREES, MAX_DEGREES)
+            with_mask = torch.cat([x, torch.ones_like(x)]).unsqueeze(0)
+            rotated = rotate(with_mask, angle)[0]
+            x = rotated[:1] * rotated[1:]  # outside the mask: the fill value 0
+            if torch.rand(1) < 0.5:
+                x = x.flip(-1)
+        return normalize(x), self.labels[i]
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -125,12 +136,11 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
     fast = prepare_model(get_model(name), device)
     fast.load_state_dict(reference.state_dict())
     opt_ref = torch.optim.Adam(reference.parameters(), lr=lr)
-    opt_fast = torch.optim.Adam(fast.parameters(), lr=lr)
-    train_cpu = ImageSet(train_set.images.cpu(), train_set.labels.cpu())
-    loader = DataLoader(PerSampleDataset(train_cpu, augment), batch_size=BATCH, shuffle=True,
-                        num_workers=0)
-    test_cpu = ImageSet(test_set.images.cpu(), test_set.labels.cpu())
-    test_loader = DataLoader(PerSampleDataset(test_cpu, augment=False), batch_size=BATCH)
+    opt_fast = make_optimizer(fast, lr, device)
+    loader = DataLoader(PerSampleDataset(train_set.to("cpu"), augment), batch_size=BATCH,
+                        shuffle=True, num_workers=0)
+    test_loader = DataLoader(PerSampleDataset(test_set.to("cpu"), augment=False),
+                             batch_size=BATCH)
     generator = torch.Generator(device=device).manual_seed(0)
 
     # Warm-up: first calls allocate and pick kernels.

@@ -18,7 +18,7 @@ from cnnlab.models import count_macs, get_model
 from cnnlab.train import TrainConfig, read_metrics, resume_config, train
 
 # --quick: the same pipeline on subsets and few epochs (a few minutes on 2 CPU cores).
-QUICK = {"epochs": 2, "limit_train": 4000, "limit_test": 1000}
+QUICK = {"epochs": 3, "limit_train": 6000, "limit_test": 2000}
 
 
 @dataclass
