@@ -20,7 +20,7 @@ $(BIN)/cnnlab: pyproject.toml
 setup: $(BIN)/cnnlab
 
 demo: setup
-	$(BIN)/cnnlab train lenet --epochs 3 --limit-train 20000 --out runs/demo --overwrite
+	$(BIN)/cnnlab reproduce --quick --out runs/demo
 
 test: setup
 	$(BIN)/ruff check src tests

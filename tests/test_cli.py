@@ -44,6 +44,9 @@ def test_presets_lists_the_study_runs(capsys):
     (["evaluate", "/nonexistent/last.pt"], "no such checkpoint"),
     (["frobnicate"], "invalid choice"),
     (["train", "lenet", "--threads", "0"], "--threads"),
+    (["train", "lenet", "--bf16", "--device", "cpu", "--limit-train", "64"], "needs a CUDA"),
+    (["bench", "--models", "vgg"], "unknown model vgg"),
+    (["bench", "--steps", "0"], "--steps and --repeats"),
 ])
 def test_user_errors_are_one_line_with_status_2(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)

@@ -77,6 +77,9 @@ def test_corrupt_idx_is_refused_with_a_named_error(data, message):
 def test_missing_folder_and_files(tmp_path):
     with pytest.raises(CnnlabError, match="does not exist"):
         load_split(tmp_path / "nowhere", "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CnnlabError, match="lacks train-images-idx3-ubyte, "):
+        load_split(tmp_path / "empty", "train")
     folder = write_dataset(tmp_path / "d")
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     assert missing_files(folder) == ["t10k-labels-idx1-ubyte"]

@@ -21,6 +21,7 @@ from cnnlab.report import plot_run
 from cnnlab.reproduce import QUICK
 from cnnlab.train import (
     TrainConfig,
+    command_line,
     evaluate,
     load_checkpoint,
     model_from_checkpoint,
@@ -72,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {"model": args.model, "epochs": args.epochs, "lr": args.lr,
                  "batch_size": args.batch_size, "step_size": args.step_size,
                  "gamma": args.gamma, "augment": args.augment, "seed": args.seed,
-                 "limit_train": args.limit_train, "limit_test": args.limit_test}
+                 "limit_train": args.limit_train, "limit_test": args.limit_test,
+                 "bf16": args.bf16 or None}
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out).resolve() != run_dir.resolve():
@@ -133,12 +135,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    import shlex
-
     from cnnlab.report import build_report
 
-    command = "cnnlab " + shlex.join(sys.argv[1:])
-    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command):
+    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line()):
         print(path)
 
 
@@ -163,8 +162,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
     reproduce(presets, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
               args.quiet)
-    command = " ".join(["cnnlab", *sys.argv[1:]])
-    for path in build_report(out_dir, data_dir, command):
+    for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
 
 
@@ -226,6 +224,7 @@ def build_parser() -> Parser:
     p.add_argument("--seed", type=int)
     p.add_argument("--limit-train", type=int, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--out", help="run folder (default runs/<preset>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")

@@ -8,7 +8,6 @@ rebuilt, restyled or extended at any time without training again.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -35,11 +34,11 @@ from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
 from cnnlab.models import count_macs, count_parameters, get_model  # noqa: E402
 from cnnlab.presets import STUDY_ORDER, load_preset  # noqa: E402
 from cnnlab.train import (  # noqa: E402
-    METRICS_HEADER,
     git_commit,
     load_checkpoint,
     model_from_checkpoint,
     predict_logits,
+    read_metrics,
 )
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
@@ -112,18 +111,7 @@ def read_run(path: Path) -> Run:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CnnlabError(f"{config_path}: unreadable or incomplete ({e}); "
                           "retrain the run or move its folder out of runs/") from e
-    try:
-        with open(metrics_path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = set(METRICS_HEADER) - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"no column {', '.join(sorted(missing))}")
-            rows = [{k: int(row[k]) if k == "epoch" else float(row[k]) for k in METRICS_HEADER}
-                    for row in reader]
-    except (OSError, ValueError, TypeError, csv.Error) as e:
-        raise CnnlabError(f"{metrics_path}: unreadable ({e}); "
-                          "retrain the run or move its folder out of runs/") from e
-    return Run(path, info, rows)
+    return Run(path, info, read_metrics(metrics_path))
 
 
 def preset_order(name: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class TrainConfig:
     limit_train: int | None = None
     limit_test: int | None = None
     eval_batch_size: int = 1000
+    bf16: bool = False  # bf16 autocast, CUDA only
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -188,8 +190,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Im
             raise _StopAtStep(step)
         images, labels = data.images[index], data.labels[index]
         x = train_batch(images, generator) if config.augment else eval_batch(images)
-        logits = model(as_input(x))
-        loss = F.cross_entropy(logits, labels)
+        with torch.autocast(device.type, torch.bfloat16, enabled=config.bf16):
+            logits = model(as_input(x))
+            loss = F.cross_entropy(logits, labels)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise _NonFiniteLoss(step, loss_value)
@@ -242,9 +245,23 @@ def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    """The rows of a metrics.csv; a damaged file is an error, never a silently wrong number."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(METRICS_HEADER) - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"no column {', '.join(sorted(missing))}")
+            return [{k: int(row[k]) if k == "epoch" else float(row[k]) for k in METRICS_HEADER}
+                    for row in reader]
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        raise CnnlabError(f"{path}: unreadable ({e}); "
+                          "retrain the run or move its folder away") from e
+
+
+def command_line() -> str:
+    """The command this process was started with, quoted so it can be pasted back."""
+    return "cnnlab " + shlex.join(sys.argv[1:])
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -305,7 +322,8 @@ def git_commit() -> str | None:
 
 def resume_config(run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """The saved run's config; options given again must agree with it (explains which not)."""
-    saved = read_config(run_dir)["config"]
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
+    saved = {**defaults, **read_config(run_dir)["config"]}  # runs saved before a field existed
     asked = {k: v for k, v in overrides.items() if v is not None and k not in RUNTIME_ONLY}
     if preset is not None:
         asked["preset"] = preset
@@ -337,6 +355,12 @@ def train(config: TrainConfig, run_dir: Path, data_dir: Path, device: torch.devi
           resume: bool = False, quiet: bool = False,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train `config` into `run_dir` (or continue it there); return the metrics rows."""
+    if config.bf16 and device.type != "cuda":
+        raise CnnlabError("--bf16 needs a CUDA device; on CPU cnnlab trains in fp32 "
+                          "(bf16 convolutions there are far slower)")
+    if device.type == "cuda":
+        # Fastest kernels for the fixed input size; makes CUDA runs non-deterministic.
+        torch.backends.cudnn.benchmark = True
     ensure_data(data_dir)
     train_set = load_split(data_dir, "train").head(config.limit_train).to(device)
     test_set = load_split(data_dir, "test").head(config.limit_test).to(device)
@@ -366,7 +390,7 @@ def train(config: TrainConfig, run_dir: Path, data_dir: Path, device: torch.devi
             "cnnlab": __version__,
             "git_commit": git_commit(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join(["cnnlab", *sys.argv[1:]]),
+            "command": command_line(),
         }, indent=2) + "\n")
         write_metrics(run_dir / "metrics.csv", rows)
 
