@@ -192,8 +192,9 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
             fake_run(tmp_path, preset, seed, [0.8, 0.85, 0.9, final[preset][seed]], loss)
     monkeypatch.setattr(sys, "argv", ["cnnlab", "report", str(tmp_path)])
     assert main(["report", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.split() == [str(tmp_path / "REPORT.md"),
-                                               str(tmp_path / "report.html")]
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"wrote {tmp_path / 'REPORT.md'}", f"wrote {tmp_path / 'report.html'}"]
+    assert out[2].split()[:3] == ["preset", "seeds", "final"]  # the results table follows
     markdown = (tmp_path / "REPORT.md").read_text()
     text = " ".join(section(markdown, SECTIONS[2]).split())
     assert "Best final test accuracy: custom with 93.20%" in text

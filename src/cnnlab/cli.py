@@ -110,6 +110,8 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CnnlabError(f"--batch-size must be >= 1 (got {args.batch_size})")
     source = Path(args.checkpoint)
     state = load_checkpoint(source)
     device = resolve_device(args.device)
@@ -138,7 +140,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.report import build_report
 
     for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line()):
-        print(path)
+        print(f"wrote {path}")
+    print_results(Path(args.dir))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -164,6 +167,16 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
               args.quiet)
     for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
+    print_results(out_dir)
+
+
+def print_results(study_dir: Path) -> None:
+    """The report's results table, trimmed to the columns that fit a terminal."""
+    from cnnlab.report import load_runs, results_table
+
+    headers, rows = results_table(load_runs(study_dir)[0])
+    keep = [0, 1, 2, 3, 4, 8, 9]  # preset, seeds, final acc, study, Δ, epochs, time
+    print(format_table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows]))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -234,7 +247,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("evaluate", help="test loss and accuracy of a saved model",
                        parents=[common])
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, help="default 128 on CPU, 1000 on CUDA")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
     p.set_defaults(run=cmd_evaluate)
 

