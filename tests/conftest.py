@@ -47,3 +47,20 @@ def write_dataset(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = 
         else:
             (folder / name).write_bytes(payload)
     return folder
+
+
+def computed(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the columns that are measured time rather than results."""
+    return [{k: v for k, v in row.items() if k not in ("seconds", "train_img_per_s")}
+            for row in rows]
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a user error: exit 2, nothing on stdout, one line on stderr."""
+    from cnnlab.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
+    return captured.err

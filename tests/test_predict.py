@@ -22,6 +22,7 @@ from cnnlab.train import (
     predict_logits,
     train,
 )
+from conftest import one_line_error
 
 DATA_DIR = resolve_data_dir()
 BOOT = CLASSES.index("Ankle boot")
@@ -151,14 +152,6 @@ def test_wide_picture_keeps_its_aspect_ratio(tmp_path) -> None:
     tensor, inverted = to_input(Image.fromarray(picture))
     rows = tensor.float().mean(1)
     assert inverted and rows[:10].max() < 5 and rows[10:18].max() > 100
-
-
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
-    return captured.err
 
 
 def test_bad_inputs_are_one_line_errors(run_dir, boot_jpeg, tmp_path, capsys) -> None:

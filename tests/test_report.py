@@ -19,6 +19,7 @@ from cnnlab.data import missing_files, resolve_data_dir
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.report import SECTIONS, build_report
 from cnnlab.train import TrainConfig, train
+from conftest import one_line_error
 
 DATA_DIR = resolve_data_dir()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -214,14 +215,6 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert f"cnnlab report {tmp_path}" in markdown
 
 
-def one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
-    return captured.err
-
-
 def test_missing_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     err = one_line_error(capsys, ["report", str(tmp_path / "nowhere")])
     assert "does not exist" in err
@@ -233,3 +226,15 @@ def test_no_runs_and_damaged_metrics_are_one_line_errors(tmp_path: Path, capsys)
     fake_run(tmp_path, "lenet", 0, [0.5], [1.0])
     (tmp_path / "runs" / "lenet-seed0" / "metrics.csv").write_text("epoch,oops\n1,2\n")
     assert "metrics.csv: unreadable" in one_line_error(capsys, ["report", str(tmp_path)])
+
+
+def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path) -> None:
+    from cnnlab.report import load_runs, results_notes
+
+    fake_run(tmp_path, "lenet", 0, [0.85, 0.905], [0.4, 0.3])   # 90.5 vs 89.9: within ±1.0
+    fake_run(tmp_path, "custom", 0, [0.90, 0.922], [0.4, 0.3])  # 92.2 vs 93.3: outside ±0.7
+    fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.5], [0.4, 0.3])  # no band: as it came out
+    notes = results_notes(load_runs(tmp_path)[0])
+    assert "lenet: 90.50% is within ±1.0 points of the study's 89.9%." in notes
+    assert "custom: 92.20% is OUTSIDE ±0.7 points of the study's 93.3%." in notes
+    assert not any(n.startswith("custom_nobn:") for n in notes)

@@ -25,14 +25,9 @@ from cnnlab.train import (
     read_metrics,
     train,
 )
-from conftest import idx_bytes
+from conftest import computed, idx_bytes
 
 CPU = torch.device("cpu")
-TIMING = ("seconds", "train_img_per_s")
-
-
-def computed(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def cli(*args: str) -> list[str]:
@@ -69,6 +64,21 @@ def test_signal_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path, 
     subprocess.run(cli("train", *args, "--out", str(straight)), check=True)
     assert computed(read_metrics(run / "metrics.csv")) == \
         computed(read_metrics(straight / "metrics.csv"))
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_checkpoint(tmp_path, data_dir):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cli("train", "lenet", "--epochs", "50", "--limit-train", "12000",
+                                "--limit-test", "500", "--data-dir", str(data_dir), "--quiet",
+                                "--out", str(run)), stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run / "metrics.csv").exists()
+             and len(read_metrics(run / "metrics.csv")) >= 1)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert load_checkpoint(run)["epoch"] >= 1
 
 
 SAVE_LOOP = """

@@ -12,14 +12,9 @@ from cnnlab.train import (
     resume_config,
     train,
 )
+from conftest import computed
 
 CPU = torch.device("cpu")
-# Columns that are measured time, not computed results.
-TIMING = ("seconds", "train_img_per_s")
-
-
-def computed(rows):
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
 
 
 def test_lenet_smoke_run_learns(tmp_path, data_dir):

@@ -207,8 +207,24 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
     return headers, rows
 
 
+def band_verdict(preset: str, runs: list[Run]) -> str | None:
+    """Whether the final accuracy lands within the preset's tolerance of the study's."""
+    try:
+        preset_data = load_preset(preset)
+    except CnnlabError:  # a preset this cnnlab does not ship
+        return None
+    tolerance = preset_data.get("study_tolerance")
+    if tolerance is None or any(r.config.get("limit_train") for r in runs):
+        return None
+    study, ours = 100 * preset_data["study_accuracy"], 100 * mean_final(runs)
+    inside = abs(ours - study) <= tolerance
+    return (f"{preset}: {ours:.2f}% is {'within' if inside else 'OUTSIDE'} ±{tolerance} "
+            f"points of the study's {study:.1f}%"
+            + ("." if all(r.complete for r in runs) else " (run incomplete)."))
+
+
 def results_notes(groups: dict[str, list[Run]]) -> list[str]:
-    notes = []
+    notes = [v for preset, runs in groups.items() if (v := band_verdict(preset, runs))]
     for preset, runs in groups.items():
         for r in runs:
             if not r.complete:
