@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import __version__
-from cnnlab.data import SHA256, download, resolve_data_dir, verify
+from cnnlab.data import SHA256, download, load_split, resolve_data_dir, verify
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
 from cnnlab.models import count_macs, count_parameters, get_model, list_models
@@ -116,8 +116,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     state = load_checkpoint(source)
     device = resolve_device(args.device)
     model = prepare_model(model_from_checkpoint(state, source), device)
-    from cnnlab.data import load_split  # only this command needs the test set here
-
     test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
     loss, acc = evaluate(model, test_set.to(device), args.batch_size)
     config = state["config"]
