@@ -292,11 +292,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             reason = "it holds Python objects, not just tensors; refusing to run its code"
         else:
-            reason = f"unreadable or truncated ({first_line[:120]})"
+            reason = "not a PyTorch checkpoint file, or a truncated or damaged one"
         raise CnnlabError(f"{path} is not a loadable cnnlab checkpoint: {reason}") from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
