@@ -381,6 +381,8 @@ def train(config: TrainConfig, run_dir: Path, data_dir: Path, device: torch.devi
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rows = state["metrics"]
+        # The checkpoint is the record: a crash between saving it and metrics.csv is mended.
+        write_metrics(run_dir / "metrics.csv", rows)
     else:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
