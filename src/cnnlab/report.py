@@ -225,6 +225,8 @@ def band_verdict(preset: str, runs: list[Run]) -> str | None:
 
 def results_notes(groups: dict[str, list[Run]]) -> list[str]:
     notes = [v for preset, runs in groups.items() if (v := band_verdict(preset, runs))]
+    notes += [f"{name}: no run of this study preset in this folder yet."
+              for name in STUDY_ORDER if name not in groups]
     for preset, runs in groups.items():
         for r in runs:
             if not r.complete:
