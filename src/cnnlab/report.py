@@ -162,11 +162,12 @@ def mean_final(runs: list[Run]) -> float:
     return statistics.mean(r.final_acc for r in runs)
 
 
-def study_accuracy(preset: str) -> float | None:
+def shipped_preset(preset: str) -> dict[str, Any]:
+    """The preset's settings, or {} for a preset this cnnlab does not ship."""
     try:
-        return load_preset(preset).get("study_accuracy")
-    except CnnlabError:  # a preset this cnnlab does not ship
-        return None
+        return load_preset(preset)
+    except CnnlabError:
+        return {}
 
 
 def epochs_cell(runs: list[Run]) -> str:
@@ -188,7 +189,7 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
                "device"]
     rows = []
     for preset, runs in groups.items():
-        study = study_accuracy(preset)
+        study = shipped_preset(preset).get("study_accuracy")
         model = get_model(runs[0].config["model"])
         rows.append([
             preset,
@@ -209,10 +210,7 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
 
 def band_verdict(preset: str, runs: list[Run]) -> str | None:
     """Whether the final accuracy lands within the preset's tolerance of the study's."""
-    try:
-        preset_data = load_preset(preset)
-    except CnnlabError:  # a preset this cnnlab does not ship
-        return None
+    preset_data = shipped_preset(preset)
     tolerance = preset_data.get("study_tolerance")
     if tolerance is None or any(r.config.get("limit_train") for r in runs):
         return None
