@@ -1,11 +1,12 @@
 """Speed measurement: cnnlab's training path against a reference built like the study's code.
 
-The reference path is what the study ran: a per-sample `Dataset` that converts, rotates,
-flips and normalizes one image at a time, `DataLoader(batch_size=64, shuffle=True,
-num_workers=0)`, and the plain eager module in NCHW. cnnlab's path keeps the data resident
-as tensors, augments whole batches on the device, runs channels_last, and uses the exact
-fused stem of the custom networks. Both are timed in one process, alternating repeat by
-repeat, so that drift of a shared machine hits both sides alike.
+The reference path is what the study ran: a per-sample `Dataset` doing torchvision's
+transforms one image at a time (`cnnlab.reference`), `DataLoader(batch_size=64,
+shuffle=True, num_workers=0)`, the plain eager module in NCHW and plain Adam. cnnlab's
+path keeps the data resident as tensors, augments whole batches on the device, runs
+channels_last, and uses the exact fused stem of the custom networks. Both are timed in one
+process, alternating repeat by repeat, so that drift of a shared machine hits both sides
+alike.
 """
 
 from __future__ import annotations
@@ -17,49 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cnnlab import __version__
-from cnnlab.augment import MAX_DEGREES, eval_batch, normalize, rotate, train_batch
 from cnnlab.data import ImageSet, load_split
 from cnnlab.models import count_macs, get_model
 from cnnlab.models.registry import plain_path
-from cnnlab.presets import load_preset
-from cnnlab.train import as_input, make_optimizer, predict_logits, prepare_model
+from cnnlab.reference import PerSampleDataset
+from cnnlab.train import TrainConfig, make_optimizer, predict_logits, prepare_model, train_one_epoch
 
 BATCH = 64
-
-
-class PerSampleDataset(Dataset):
-    """The study's data path, one image at a time, doing the work torchvision does: the
-    dataset hands out a PIL image and an int label; ToTensor → RandomRotation(10) (fill 0,
-    done with an extra mask channel as torchvision's tensor rotate does) →
-    RandomHorizontalFlip → Normalize, each drawing its own random numbers per sample."""
-
-    def __init__(self, data: ImageSet, augment: bool) -> None:
-        self.images, self.labels = data.images.numpy(), data.labels.tolist()
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        picture = Image.fromarray(self.images[i], mode="L")
-        x = torch.from_numpy(np.array(picture, np.uint8, copy=True)).view(1, 28, 28)
-        x = x.float().div(255)
-        if self.augment:
-            angle = torch.empty(1).uniform_(-MAX_DEGREES, MAX_DEGREES)
-            with_mask = torch.cat([x, torch.ones_like(x)]).unsqueeze(0)
-            rotated = rotate(with_mask, angle)[0]
-            x = rotated[:1] * rotated[1:]  # outside the mask: the fill value 0
-            if torch.rand(1) < 0.5:
-                x = x.flip(-1)
-        return normalize(x), self.labels[i]
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -71,8 +42,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def _timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of `fn`, including GPU work it queued."""
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -98,16 +72,11 @@ def reference_train(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
 
 
 def cnnlab_train(model: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSet,
-                 augment: bool, steps: int, generator: torch.Generator) -> float:
-    """Seconds for `steps` training steps on resident data with batched augmentation."""
-    def run() -> None:
-        order = torch.randperm(len(data), generator=generator, device=data.images.device)
-        for index in order.split(BATCH)[:steps]:
-            images = data.images[index]
-            x = train_batch(images, generator) if augment else eval_batch(images)
-            _step(model, optimizer, as_input(x), data.labels[index])
-    model.train()
-    return _timed(run)
+                 config: TrainConfig, steps: int) -> float:
+    """Seconds for `steps` training steps of cnnlab's own loop (`train_one_epoch`, with its
+    loss and accuracy bookkeeping) on resident data with batched augmentation."""
+    subset = data.head(steps * config.batch_size)
+    return _timed(lambda: train_one_epoch(model, optimizer, subset, config, epoch=1))
 
 
 def reference_eval(model: nn.Module, loader: DataLoader) -> float:
@@ -129,8 +98,9 @@ def _summary(seconds: list[float], images: int) -> dict[str, Any]:
 def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, repeats: int,
                 device: torch.device) -> dict[str, Any]:
     """Train and eval images/s of both paths for one model, alternating repeat by repeat."""
-    preset = load_preset(name)  # each study network has a preset of the same name
-    augment, lr = preset["augment"], preset["lr"]
+    # Each study network has a preset of its name; the batch is the recipe's for all.
+    config = TrainConfig.from_preset(name, batch_size=BATCH)
+    augment, lr = config.augment, config.lr
     torch.manual_seed(0)
     reference = get_model(name).to(device)
     fast = prepare_model(get_model(name), device)
@@ -141,20 +111,17 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
                         shuffle=True, num_workers=0)
     test_loader = DataLoader(PerSampleDataset(test_set.to("cpu"), augment=False),
                              batch_size=BATCH)
-    generator = torch.Generator(device=device).manual_seed(0)
 
     # Warm-up: first calls allocate and pick kernels.
     reference_train(reference, opt_ref, loader, 3)
-    cnnlab_train(fast, opt_fast, train_set, augment, 3, generator)
+    cnnlab_train(fast, opt_fast, train_set, config, 3)
     times: dict[str, list[float]] = {k: [] for k in ("ref_train", "fast_train",
                                                      "ref_eval", "fast_eval")}
     for _ in range(repeats):
         times["ref_train"].append(reference_train(reference, opt_ref, loader, steps))
-        times["fast_train"].append(cnnlab_train(fast, opt_fast, train_set, augment, steps,
-                                                generator))
+        times["fast_train"].append(cnnlab_train(fast, opt_fast, train_set, config, steps))
         times["ref_eval"].append(reference_eval(reference, test_loader))
         times["fast_eval"].append(_timed(lambda: predict_logits(fast, test_set.images)))
-    _sync(device)
     images = steps * BATCH
     result = {
         "macs_per_image": count_macs(get_model(name)),
@@ -172,11 +139,6 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
         side: result["train"][side]["median"] * flops_per_train_image / 1e9
         for side in ("reference", "cnnlab")}
     return result
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: int = 30,

@@ -1,0 +1,31 @@
+"""`cnnlab bench` runs end to end and reports what it measured; timings are never asserted."""
+
+import json
+
+import pytest
+
+from cnnlab.cli import main
+from conftest import write_dataset
+
+
+def test_bench_writes_table_and_json(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_train=256, n_test=40)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", "lenet,custom", "--steps", "2", "--repeats", "2",
+                 "--data-dir", str(data), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["batch_size"] == 64 and result["eval_images"] == 40
+    assert result["matmul_peak_gflops"] > 0
+    for name in ("lenet", "custom"):
+        model = result["models"][name]
+        assert f"| {name} |" in printed
+        for kind in ("train", "eval"):
+            side = model[kind]
+            assert len(side["reference"]["samples"]) == len(side["cnnlab"]["samples"]) == 2
+            assert side["ratio"] == side["cnnlab"]["median"] / side["reference"]["median"]
+        gflops = model["train"]["effective_gflops"]["cnnlab"]
+        expected = model["train"]["cnnlab"]["median"] * 6 * model["macs_per_image"] / 1e9
+        assert gflops == pytest.approx(expected)
+    assert result["models"]["custom"]["macs_per_image"] == 87_201_024
