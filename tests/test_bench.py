@@ -29,3 +29,11 @@ def test_bench_writes_table_and_json(tmp_path, capsys):
         expected = model["train"]["cnnlab"]["median"] * 6 * model["macs_per_image"] / 1e9
         assert gflops == pytest.approx(expected)
     assert result["models"]["custom"]["macs_per_image"] == 87_201_024
+
+
+def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_train=100, n_test=10)
+    code = main(["bench", "--models", "lenet", "--steps", "2", "--data-dir", str(data)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "need 128 training images; the data has 100" in err

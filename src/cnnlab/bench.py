@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from cnnlab import __version__
 from cnnlab.data import ImageSet, load_split
+from cnnlab.errors import CnnlabError
 from cnnlab.models import count_macs, get_model
 from cnnlab.models.registry import plain_path
 from cnnlab.reference import PerSampleDataset
@@ -145,6 +146,9 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
               repeats: int = 5, eval_images: int = 2000,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     train_set = load_split(data_dir, "train").to(device)
+    if steps * BATCH > len(train_set):
+        raise CnnlabError(f"{steps} steps of {BATCH} need {steps * BATCH} training images; "
+                          f"the data has {len(train_set)}: lower --steps")
     test_set = load_split(data_dir, "test").head(eval_images).to(device)
     peak = matmul_peak_gflops() if device.type == "cpu" else None
     result: dict[str, Any] = {
