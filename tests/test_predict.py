@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
-from cnnlab.data import CLASSES, load_split, missing_files, resolve_data_dir
+from cnnlab.data import CLASSES, load_split, missing_files
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import load_image, predict, to_input
 from cnnlab.train import (
@@ -22,9 +22,9 @@ from cnnlab.train import (
     predict_logits,
     train,
 )
-from conftest import one_line_error
+from conftest import REAL_DATA, one_line_error
 
-DATA_DIR = resolve_data_dir()
+DATA_DIR = REAL_DATA
 BOOT = CLASSES.index("Ankle boot")
 SIZE = (200, 200)
 
@@ -33,7 +33,7 @@ SIZE = (200, 200)
 def run_dir(tmp_path_factory) -> Iterator[Path]:
     """A LeNet trained for 2 epochs on 10,000 images (one thread: a few seconds)."""
     if missing_files(DATA_DIR):
-        pytest.skip(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
+        pytest.fail(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("lenet")

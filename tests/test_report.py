@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from cnnlab.cli import main
-from cnnlab.data import missing_files, resolve_data_dir
+from cnnlab.data import missing_files
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.report import SECTIONS, build_report
 from cnnlab.train import TrainConfig, train
-from conftest import one_line_error
+from conftest import REAL_DATA, one_line_error
 
-DATA_DIR = resolve_data_dir()
+DATA_DIR = REAL_DATA
 PNG = b"\x89PNG\r\n\x1a\n"
 COMMAND = "cnnlab report STUDY --data-dir DATA"
 
@@ -46,7 +46,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, one_thread) -> Path:
     if missing_files(DATA_DIR):
-        pytest.skip(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
+        pytest.fail(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
     root = tmp_path_factory.mktemp("study")
     cpu = torch.device("cpu")
     for seed in (0, 1):

@@ -59,7 +59,8 @@ def test_signal_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path, 
     assert len(read_metrics(run / "metrics.csv")) == 1  # stopped inside epoch 2
     assert load_checkpoint(run)["epoch"] == 1
 
-    subprocess.run(cli("train", "--resume", str(run), "--quiet"), check=True)
+    subprocess.run(cli("train", "--resume", str(run), "--data-dir", str(data_dir), "--quiet"),
+                   check=True)
     straight = tmp_path / "straight"
     subprocess.run(cli("train", *args, "--out", str(straight)), check=True)
     assert computed(read_metrics(run / "metrics.csv")) == \
