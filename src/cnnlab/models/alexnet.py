@@ -6,7 +6,8 @@ from cnnlab.models.registry import register_model
 
 
 class AlexNet(nn.Module):
-    # NCHW trains ~15 % faster than channels_last for this network on CPU (`cnnlab bench`).
+    # NCHW trains faster than channels_last for this network on CPU: 1,266 vs 969 img/s
+    # (forward + backward + Adam on a batch of 64, 2 threads; README "Speed").
     channels_last = False
 
     def __init__(self, num_classes: int = 10) -> None:
