@@ -9,18 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnnlab.data import missing_files
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-# The real dataset: $CNNLAB_DATA, else the shared copy beside the checkout.
-REAL_DATA = Path(os.environ.get("CNNLAB_DATA") or REPO.parent / "shared/data/fashion-mnist")
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = REAL_DATA
-    if not (path / "train-images-idx3-ubyte.gz").exists() and \
-            not (path / "train-images-idx3-ubyte").exists():
+    """The real dataset: $CNNLAB_DATA, else the shared copy beside the checkout."""
+    path = Path(os.environ.get("CNNLAB_DATA") or REPO.parent / "shared/data/fashion-mnist")
+    if missing_files(path):
         pytest.fail(f"Fashion-MNIST not found in {path}: set CNNLAB_DATA to its folder")
     return path
 

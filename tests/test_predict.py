@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
-from cnnlab.data import CLASSES, load_split, missing_files
+from cnnlab.data import CLASSES, load_split
 from cnnlab.errors import CnnlabError
 from cnnlab.predict import load_image, predict, to_input
 from cnnlab.train import (
@@ -22,31 +22,28 @@ from cnnlab.train import (
     predict_logits,
     train,
 )
-from conftest import REAL_DATA, one_line_error
+from conftest import one_line_error
 
-DATA_DIR = REAL_DATA
 BOOT = CLASSES.index("Ankle boot")
 SIZE = (200, 200)
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Iterator[Path]:
+def run_dir(tmp_path_factory, data_dir: Path) -> Iterator[Path]:
     """A LeNet trained for 2 epochs on 10,000 images (one thread: a few seconds)."""
-    if missing_files(DATA_DIR):
-        pytest.fail(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("lenet")
     config = TrainConfig.from_preset("lenet", epochs=2, limit_train=10000, limit_test=1000)
-    train(config, folder, DATA_DIR, torch.device("cpu"), quiet=True)
+    train(config, folder, data_dir, torch.device("cpu"), quiet=True)
     yield folder
     torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def boot(run_dir: Path) -> np.ndarray:
+def boot(run_dir: Path, data_dir: Path) -> np.ndarray:
     """The test-set ankle boot the model is surest of: light on dark, 28×28 uint8."""
-    test = load_split(DATA_DIR, "test").head(1000)
+    test = load_split(data_dir, "test").head(1000)
     model = model_from_checkpoint(load_checkpoint(run_dir), run_dir)
     probs = predict_logits(model, test.images).softmax(1)[:, BOOT]
     probs[test.labels != BOOT] = 0

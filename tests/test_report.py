@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from cnnlab.cli import main
-from cnnlab.data import missing_files
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.report import SECTIONS, build_report
 from cnnlab.train import TrainConfig, train
-from conftest import REAL_DATA, one_line_error
+from conftest import one_line_error
 
-DATA_DIR = REAL_DATA
 PNG = b"\x89PNG\r\n\x1a\n"
 COMMAND = "cnnlab report STUDY --data-dir DATA"
 
@@ -44,20 +42,18 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, one_thread) -> Path:
-    if missing_files(DATA_DIR):
-        pytest.fail(f"Fashion-MNIST not in {DATA_DIR}; set CNNLAB_DATA")
+def study(tmp_path_factory, one_thread, data_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("study")
     cpu = torch.device("cpu")
     for seed in (0, 1):
         config = TrainConfig.from_preset("lenet", epochs=2, limit_train=2000, limit_test=500,
                                          seed=seed)
-        train(config, root / "runs" / f"lenet-seed{seed}", DATA_DIR, cpu, quiet=True)
+        train(config, root / "runs" / f"lenet-seed{seed}", data_dir, cpu, quiet=True)
     config = TrainConfig.from_preset("custom_nobn", epochs=2, limit_train=500, limit_test=200)
     with pytest.raises(StopAfterOneEpoch):
-        train(config, root / "runs" / "custom_nobn-seed0", DATA_DIR, cpu, quiet=True,
+        train(config, root / "runs" / "custom_nobn-seed0", data_dir, cpu, quiet=True,
               on_epoch=stop)
-    build_report(root, DATA_DIR, COMMAND)
+    build_report(root, data_dir, COMMAND)
     return root
 
 

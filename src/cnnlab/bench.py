@@ -101,14 +101,13 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
     """Train and eval images/s of both paths for one model, alternating repeat by repeat."""
     # Each study network has a preset of its name; the batch is the recipe's for all.
     config = TrainConfig.from_preset(name, batch_size=BATCH)
-    augment, lr = config.augment, config.lr
     torch.manual_seed(0)
     reference = get_model(name).to(device)
     fast = prepare_model(get_model(name), device)
     fast.load_state_dict(reference.state_dict())
-    opt_ref = torch.optim.Adam(reference.parameters(), lr=lr)
-    opt_fast = make_optimizer(fast, lr, device)
-    loader = DataLoader(PerSampleDataset(train_set.to("cpu"), augment), batch_size=BATCH,
+    opt_ref = torch.optim.Adam(reference.parameters(), lr=config.lr)
+    opt_fast = make_optimizer(fast, config.lr, device)
+    loader = DataLoader(PerSampleDataset(train_set.to("cpu"), config.augment), batch_size=BATCH,
                         shuffle=True, num_workers=0)
     test_loader = DataLoader(PerSampleDataset(test_set.to("cpu"), augment=False),
                              batch_size=BATCH)
