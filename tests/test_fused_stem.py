@@ -22,12 +22,16 @@ def twins(name: str):
 
 @pytest.mark.parametrize("name", ["custom", "custom_nobn"])
 @pytest.mark.parametrize("train_mode", [True, False])
-def test_outputs_and_every_gradient_match(name, train_mode):
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_outputs_and_every_gradient_match(name, train_mode, channels_last):
     fused, plain = twins(name)
     assert fused.fused_stem and not plain.fused_stem
+    x = torch.randn(16, 1, 28, 28)
+    if channels_last:  # the layout training uses, which takes its own branch in the stem
+        fused, plain = (prepare_model(m, torch.device("cpu")) for m in (fused, plain))
+        x = as_input(x, fused)
     fused.train(train_mode)
     plain.train(train_mode)
-    x = torch.randn(16, 1, 28, 28)
     torch.manual_seed(1)  # same dropout masks on both sides
     out_fused = fused(x)
     torch.manual_seed(1)
@@ -61,23 +65,27 @@ def test_plain_path_switches_the_fast_path_off_and_back():
 
 
 def test_training_steps_give_the_same_losses(data_dir):
-    """A few real Adam steps on augmented Fashion-MNIST from one seed and state."""
+    """Real Adam steps of the preset's recipe on augmented Fashion-MNIST from one seed and
+    state, in the channels_last layout training uses. In float64: at lr 0.003 the loss
+    jumps to ~12 after the first step, and float32 rounding differences between any two
+    ways of computing the same network (even the plain path in NCHW vs channels_last) grow
+    to ~0.3 % within six steps, which would hide a real discrepancy."""
     from cnnlab.data import load_split
 
-    data = load_split(data_dir, "train").head(64 * 6)
+    data = load_split(data_dir, "train").head(32 * 4)
     fused, plain = twins("custom")
-    fused = prepare_model(fused, torch.device("cpu"))
+    fused, plain = (prepare_model(m, torch.device("cpu")).double() for m in (fused, plain))
     losses = {}
     for label, model in (("fused", fused), ("plain", plain)):
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         generator = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         losses[label] = []
-        for index in torch.arange(len(data.labels)).split(64):
-            x = as_input(train_batch(data.images[index], generator))
+        for index in torch.arange(len(data.labels)).split(32):
+            x = as_input(train_batch(data.images[index], generator).double(), model)
             loss = F.cross_entropy(model(x), data.labels[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses[label].append(loss.item())
-    assert losses["fused"] == pytest.approx(losses["plain"], rel=2e-3)
+    assert losses["fused"] == pytest.approx(losses["plain"], rel=1e-9)

@@ -4,6 +4,7 @@ import torch
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_macs, count_parameters, get_model, list_models
 from cnnlab.models.custom import ConvolutionalNetwork
+from cnnlab.train import as_input, memory_format, prepare_model
 
 EXPECTED_PARAMETERS = {"lenet": 61_706, "alexnet": 2_780_298,
                        "custom": 4_458_826, "custom_nobn": 4_458_442}
@@ -49,3 +50,23 @@ def test_macs_count_the_plain_network():
     expected = 64 * 900 + 64 * 900 * 576 + 128 * 225 * 576 + 128 * 225 * 1152 \
         + 8192 * 512 + 512 * 10
     assert count_macs(get_model("custom")) == expected
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_layer_sees_the_models_memory_format(name):
+    """A 1-channel batch is both NCHW and channels_last; unless its strides are spelled out,
+    the first convolution hands NCHW activations to a channels_last network."""
+    model = prepare_model(get_model(name), torch.device("cpu"))
+    fmt = memory_format(model)
+    seen = []
+
+    def check(module, inputs):
+        x = inputs[0]
+        if x.dim() == 4 and x.shape[1] > 1:
+            seen.append((module, x.is_contiguous(memory_format=fmt)))
+
+    for module in model.modules():
+        if not list(module.children()):
+            module.register_forward_pre_hook(check)
+    model(as_input(torch.randn(4, 1, 28, 28), model)).sum().backward()
+    assert seen and all(ok for _, ok in seen), [m for m, ok in seen if not ok]

@@ -58,7 +58,7 @@ def seconds_per_image(model_name: str, batch_size: int, device: torch.device) ->
     """A quick timing of a few training steps on random data: the prior for the ETA."""
     model = prepare_model(get_model(model_name), device)
     optimizer = make_optimizer(model, 1e-4, device)
-    x = as_input(torch.randn(batch_size, 1, 28, 28, device=device))
+    x = as_input(torch.randn(batch_size, 1, 28, 28, device=device), model)
     y = torch.zeros(batch_size, dtype=torch.long, device=device)
 
     def step() -> None:

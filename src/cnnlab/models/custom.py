@@ -51,7 +51,13 @@ class ConvolutionalNetwork(nn.Module):
         ones = x.new_ones(1, 1, height, width)
         bias_map = F.conv2d(ones, bias_kernel, padding=1)                # (1, 64, 30, 30)
         out = F.conv2d(x, weight, self.conv2.bias, padding=2)
-        return out + bias_map
+        if out.is_contiguous():
+            return out.add_(bias_map)
+        # channels_last: add on the NHWC views. The add's backward sums the gradient over
+        # the batch, which torch does ~20x slower on a channels_last tensor than on the
+        # same memory viewed as NHWC (8.1 vs 0.35 ms for this map on 2 cores).
+        nhwc = out.permute(0, 2, 3, 1).add_(bias_map.permute(0, 2, 3, 1).contiguous())
+        return nhwc.permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
