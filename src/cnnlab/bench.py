@@ -183,16 +183,18 @@ def format_bench(result: dict[str, Any]) -> str:
         f"median (min–max) of {result['repeats']} repeats",
         "",
         "| model | MACs/img | train img/s reference | train img/s cnnlab | train × "
-        "| eval img/s reference | eval img/s cnnlab | eval × | GFLOP/s ref → cnnlab |",
+        "| eval img/s reference | eval img/s cnnlab | eval × | train GFLOP/s ref → cnnlab |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, m in result["models"].items():
         t, e = m["train"], m["eval"]
+        flops = t["effective_gflops"]
+        of_peak = f" ({100 * flops['cnnlab'] / peak:.0f} % of peak)" if peak else ""
         lines.append(
             f"| {name} | {m['macs_per_image'] / 1e6:.1f} M | {_rate(t['reference'])} | "
             f"{_rate(t['cnnlab'])} | **{t['ratio']:.2f}×** | {_rate(e['reference'])} | "
             f"{_rate(e['cnnlab'])} | {e['ratio']:.2f}× | "
-            f"{t['effective_gflops']['reference']:.0f} → {t['effective_gflops']['cnnlab']:.0f} |")
+            f"{flops['reference']:.0f} → {flops['cnnlab']:.0f}{of_peak} |")
     if peak is not None:
         lines += ["", f"fp32 matmul peak (2048×2048, same threads): {peak:.0f} GFLOP/s. "
                   "GFLOP/s counts 3 × 2 × the plain network's MACs per training image, so the "

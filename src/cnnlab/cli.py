@@ -266,9 +266,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("bench", help="train/eval speed against the study-style pipeline",
                        parents=[common])
-    p.add_argument("--models", default="lenet,alexnet,custom,custom_nobn")
-    p.add_argument("--steps", type=int, default=30, help="training steps per measurement")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--models", default="lenet,alexnet,custom,custom_nobn",
+                   help="comma-separated models (default %(default)s)")
+    p.add_argument("--steps", type=int, default=30,
+                   help="training steps per measurement (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="measurements per side, alternating (default %(default)s)")
     p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
     p.set_defaults(run=cmd_bench)
 
