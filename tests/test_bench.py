@@ -25,6 +25,10 @@ def test_bench_writes_table_and_json(tmp_path, capsys):
             side = model[kind]
             assert len(side["reference"]["samples"]) == len(side["cnnlab"]["samples"]) == 2
             assert side["ratio"] == side["cnnlab"]["median"] / side["reference"]["median"]
+        train = model["train"]
+        assert len(train["model_only"]["samples"]) == 2
+        assert train["ceiling_ratio"] == (train["model_only"]["median"]
+                                          / train["reference"]["median"])
         gflops = model["train"]["effective_gflops"]["cnnlab"]
         expected = model["train"]["cnnlab"]["median"] * 6 * model["macs_per_image"] / 1e9
         assert gflops == pytest.approx(expected)
