@@ -234,3 +234,22 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
     assert "lenet: 90.50% is within ±1.0 points of the study's 89.9%." in notes
     assert "custom: 92.20% is OUTSIDE ±0.7 points of the study's 93.3%." in notes
     assert not any(n.startswith("custom_nobn:") for n in notes)
+
+
+def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
+    from cnnlab.report import ablation_text, load_runs, results_notes
+
+    fake_run(tmp_path, "custom", 0, [0.90, 0.93], [0.4, 0.3])
+    fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.88], [0.5, 0.4])
+    fake_run(tmp_path, "custom_nobn", 1, [0.10, 0.10], [2.303, 2.303])
+    groups = load_runs(tmp_path)[0]
+    notes = results_notes(groups)
+    assert ("custom_nobn-seed1 did not learn: final test accuracy 10.00% where chance is 10% "
+            "(final train loss 1.000; ln 10 = 2.303). It counts in the means and spreads."
+            in notes)
+    assert not any("custom_nobn-seed0 did not learn" in n or "custom-seed0 did not" in n
+                   for n in notes)
+    text = " ".join(ablation_text(groups))
+    assert "custom_nobn (49.00%)" in text  # the mean still includes the collapsed run
+    assert ("1 of 2 custom_nobn runs did not learn (chance-level accuracy: custom_nobn-seed1); "
+            "the runs that did reached 88.00% on average.") in text

@@ -176,6 +176,12 @@ def epochs_cell(runs: list[Run]) -> str:
     return ", ".join(cells)
 
 
+def did_not_learn(run: Run) -> bool:
+    """Final test accuracy within 5 points of chance: the network collapsed (a no-BN network
+    at a high learning rate can die in its first steps) rather than trained badly."""
+    return run.final_acc < 1 / len(CLASSES) + 0.05
+
+
 def volatility(run: Run) -> float | None:
     """How erratic the test loss is: std of its epoch-to-epoch changes."""
     changes = np.diff([r["test_loss"] for r in run.rows])
@@ -227,6 +233,12 @@ def results_notes(groups: dict[str, list[Run]]) -> list[str]:
               for name in STUDY_ORDER if name not in groups]
     for preset, runs in groups.items():
         for r in runs:
+            if did_not_learn(r):
+                notes.append(f"{r.path.name} did not learn: final test accuracy "
+                             f"{100 * r.final_acc:.2f}% where chance is "
+                             f"{100 / len(CLASSES):.0f}% (final train loss "
+                             f"{r.rows[-1]['train_loss']:.3f}; ln 10 = 2.303). It counts in "
+                             f"the means and spreads.")
             if not r.complete:
                 notes.append(f"{r.path.name} is incomplete: {len(r.rows)} of "
                              f"{r.planned_epochs} epochs; its last finished epoch counts as "
@@ -281,6 +293,15 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
                        f"{'exceeds' if gap > spread else 'does not exceed'} the larger "
                        f"seed-to-seed std ({spread:.2f} points)")
     text.append("Gap versus seed-to-seed spread: " + "; ".join(spreads) + ".")
+
+    for name in present:
+        collapsed = [r for r in groups[name] if did_not_learn(r)]
+        trained = [r for r in groups[name] if not did_not_learn(r)]
+        if collapsed and trained:
+            text.append(f"{len(collapsed)} of {len(groups[name])} {name} runs did not learn "
+                        f"(chance-level accuracy: "
+                        f"{', '.join(r.path.name for r in collapsed)}); the runs that did "
+                        f"reached {100 * mean_final(trained):.2f}% on average.")
     return text
 
 
