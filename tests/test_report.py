@@ -239,9 +239,9 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
 def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
     from cnnlab.report import ablation_text, load_runs, results_notes
 
-    fake_run(tmp_path, "custom", 0, [0.90, 0.93], [0.4, 0.3])
-    fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.88], [0.5, 0.4])
-    fake_run(tmp_path, "custom_nobn", 1, [0.10, 0.10], [2.303, 2.303])
+    fake_run(tmp_path, "custom", 0, [0.90, 0.91, 0.93], [0.4, 0.35, 0.3])
+    fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.85, 0.88], [0.5, 0.9, 0.4])
+    fake_run(tmp_path, "custom_nobn", 1, [0.10, 0.10, 0.10], [2.303, 2.3031, 2.303])
     groups = load_runs(tmp_path)[0]
     notes = results_notes(groups)
     assert ("custom_nobn-seed1 did not learn: final test accuracy 10.00% where chance is 10% "
@@ -251,5 +251,7 @@ def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
                    for n in notes)
     text = " ".join(ablation_text(groups))
     assert "custom_nobn (49.00%)" in text  # the mean still includes the collapsed run
+    # volatility from the run that learned only: the collapsed run's flat loss is left out
+    assert f"custom_nobn {np.diff([0.5, 0.9, 0.4]).std(ddof=1):.4f}" in text
     assert ("1 of 2 custom_nobn runs did not learn (chance-level accuracy: custom_nobn-seed1); "
             "the runs that did reached 88.00% on average.") in text

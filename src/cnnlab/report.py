@@ -268,12 +268,15 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
 
     vol = {}
     for name in present:
-        values = [v for v in map(volatility, groups[name]) if v is not None]
+        # A collapsed run's test loss is flat, which would pass for stable training.
+        learned = [r for r in groups[name] if not did_not_learn(r)]
+        values = [v for v in map(volatility, learned) if v is not None]
         vol[name] = statistics.mean(values) if values else None
-    listed = "; ".join(f"{name} {v:.4f}" if v is not None else f"{name} n/a (needs 3 epochs)"
+    listed = "; ".join(f"{name} {v:.4f}" if v is not None else
+                       f"{name} n/a (needs 3 epochs of a run that learned)"
                        for name, v in vol.items())
     sentence = ("Test-loss volatility, the standard deviation of epoch-to-epoch test-loss "
-                f"changes (mean over seeds): {listed}.")
+                f"changes (mean over the seeds that learned): {listed}.")
     base = vol.get("custom")
     verdicts = [f"{name}'s test loss is {'more' if v > base else 'not more'} erratic than "
                 f"custom's ({v / base:.1f}×)"
