@@ -30,18 +30,15 @@ from torch.utils.data import DataLoader
 from cnnlab import __version__
 from cnnlab.augment import eval_batch
 from cnnlab.data import ImageSet, load_split
+from cnnlab.device import as_input, prepare_model
 from cnnlab.errors import CnnlabError
+from cnnlab.inference import predict_logits
 from cnnlab.models import count_macs, get_model
 from cnnlab.models.registry import plain_path
+from cnnlab.parts import Parts, build_parts
+from cnnlab.recipe import builtin
 from cnnlab.reference import PerSampleDataset
-from cnnlab.train import (
-    TrainConfig,
-    as_input,
-    make_optimizer,
-    predict_logits,
-    prepare_model,
-    train_one_epoch,
-)
+from cnnlab.train import train_one_epoch
 
 BATCH = 64
 
@@ -84,12 +81,12 @@ def reference_train(model: nn.Module, optimizer: torch.optim.Optimizer, loader: 
         return _timed(run)
 
 
-def cnnlab_train(model: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSet,
-                 config: TrainConfig, steps: int) -> float:
+def cnnlab_train(parts: Parts, data: ImageSet, steps: int) -> float:
     """Seconds for `steps` training steps of cnnlab's own loop (`train_one_epoch`, with its
-    loss and accuracy bookkeeping) on resident data with batched augmentation."""
-    subset = data.head(steps * config.batch_size)
-    return _timed(lambda: train_one_epoch(model, optimizer, subset, config, epoch=1))
+    loss and accuracy bookkeeping and the recipe's per-step parts) on resident data with
+    batched augmentation."""
+    subset = data.head(steps * parts.recipe.batch_size)
+    return _timed(lambda: train_one_epoch(parts, subset, epoch=1))
 
 
 def model_only_train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -121,16 +118,17 @@ def _summary(seconds: list[float], images: int) -> dict[str, Any]:
 def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, repeats: int,
                 device: torch.device) -> dict[str, Any]:
     """Train and eval images/s of both paths for one model, alternating repeat by repeat."""
-    # Each study network has a preset of its name; the batch is the recipe's for all.
-    config = TrainConfig.from_preset(name, batch_size=BATCH)
+    # Each study network has a recipe of its name; the batch is the study's for all.
+    recipe = builtin(name).with_overrides({"batch_size": BATCH})
     torch.manual_seed(0)
     reference = get_model(name).to(device)
     fast = prepare_model(get_model(name), device)
     fast.load_state_dict(reference.state_dict())
-    opt_ref = torch.optim.Adam(reference.parameters(), lr=config.lr)
-    opt_fast = make_optimizer(fast, config.lr, device)
-    loader = DataLoader(PerSampleDataset(train_set.to("cpu"), config.augment), batch_size=BATCH,
-                        shuffle=True, num_workers=0)
+    opt_ref = torch.optim.Adam(reference.parameters(), lr=recipe.optimizer.lr)
+    parts = build_parts(recipe, fast, device, steps)
+    opt_fast = parts.optimizer
+    loader = DataLoader(PerSampleDataset(train_set.to("cpu"), bool(recipe.augment)),
+                        batch_size=BATCH, shuffle=True, num_workers=0)
     test_loader = DataLoader(PerSampleDataset(test_set.to("cpu"), augment=False),
                              batch_size=BATCH)
 
@@ -139,13 +137,13 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
 
     # Warm-up: first calls allocate and pick kernels.
     reference_train(reference, opt_ref, loader, 3)
-    cnnlab_train(fast, opt_fast, train_set, config, 3)
+    cnnlab_train(parts, train_set, 3)
     model_only_train(fast, opt_fast, fixed_x, fixed_y, 3)
     times: dict[str, list[float]] = {k: [] for k in ("ref_train", "fast_train", "model_only",
                                                      "ref_eval", "fast_eval")}
     for _ in range(repeats):
         times["ref_train"].append(reference_train(reference, opt_ref, loader, steps))
-        times["fast_train"].append(cnnlab_train(fast, opt_fast, train_set, config, steps))
+        times["fast_train"].append(cnnlab_train(parts, train_set, steps))
         times["model_only"].append(model_only_train(fast, opt_fast, fixed_x, fixed_y, steps))
         times["ref_eval"].append(reference_eval(reference, test_loader))
         times["fast_eval"].append(_timed(lambda: predict_logits(fast, test_set.images)))

@@ -8,30 +8,31 @@ import sys
 import traceback
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cnnlab import __version__
-from cnnlab.data import SHA256, download, load_split, resolve_data_dir, verify
+from cnnlab import recipe as recipes
+from cnnlab.data import (
+    CLASSES,
+    SHA256,
+    download,
+    ensure_data,
+    load_datasets,
+    load_split,
+    resolve_data_dir,
+    verify,
+)
+from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
-from cnnlab.models import count_macs, count_parameters, get_model, list_models
-from cnnlab.presets import list_presets, load_preset
-from cnnlab.report import plot_run
+from cnnlab.inference import load_image
+from cnnlab.models import count_macs, count_parameters, get_model, is_user_code, list_models
+from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
-from cnnlab.train import (
-    TrainConfig,
-    command_line,
-    evaluate,
-    load_checkpoint,
-    model_from_checkpoint,
-    prepare_model,
-    resolve_device,
-    resume_config,
-    train,
-)
-
-RUN_FILES = ("last.pt", "metrics.csv", "config.json", "loss.png", "accuracy.png")
+from cnnlab.runs import RunFolder, command_line
+from cnnlab.train import Logger, format_row, resume_recipe, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,68 +59,129 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(format_table(["model", "parameters", "MACs/image"], rows))
 
 
+def augment_summary(recipe: Recipe) -> str:
+    return " + ".join(t.NAME for t in recipe.augment) or "none"
+
+
 def cmd_presets(args: argparse.Namespace) -> None:
     rows = []
-    for name in list_presets():
-        p = load_preset(name)
-        rows.append([name, p["model"], p["batch_size"], p["epochs"], p["lr"], p["step_size"],
-                     p["gamma"], "rotation + flip" if p["augment"] else "none",
-                     f"{100 * p['study_accuracy']:.1f}%"])
-    print(format_table(["preset", "model", "batch", "epochs", "lr", "step", "gamma",
+    for name in recipes.list_builtin():
+        r = recipes.builtin(name)
+        rows.append([name, r.model.name, r.batch_size, r.epochs, r.optimizer.name,
+                     r.optimizer.lr, r.schedule.name, augment_summary(r),
+                     f"{100 * r.study.accuracy:.1f}%" if r.is_study else ""])
+    print(format_table(["recipe", "model", "batch", "epochs", "optimizer", "lr", "schedule",
                         "augmentation", "study"], rows))
 
 
+def named_recipe(name: str) -> Recipe:
+    """A built-in recipe by name, or a recipe file by path."""
+    if name.endswith(".toml") or Path(name).is_file():
+        return recipes.load_file(Path(name))
+    return recipes.builtin(name)
+
+
+def cmd_recipe_show(args: argparse.Namespace) -> None:
+    recipe = named_recipe(args.name)
+    print(f"# cnnlab recipe {recipe.name!r}: every key with its value; copy, edit, and train "
+          f"it with `cnnlab train --recipe FILE.toml`\n" + recipes.to_toml(recipe), end="")
+
+
+def cmd_recipe_keys(args: argparse.Namespace) -> None:
+    print(recipes.keys_table())
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe keys this command line sets: flags first, then --set in order."""
+    out = {path: getattr(args, dest(path)) for _, path, _, _ in recipes.flags()
+           if getattr(args, dest(path)) is not None}
+    if args.augment is not None:
+        out["augment"] = STUDY_AUGMENT if args.augment else []
+    out.update(recipes.parse_assignments(args.set or []))
+    return out
+
+
+def dest(path: str) -> str:
+    return "key_" + path.replace(".", "__")
+
+
+def user_code_of(recipe: Recipe, given: str | None) -> str | None:
+    """The source of a user's network that this command line names (never a file merely
+    recorded in a run folder)."""
+    if given is not None or not is_user_code(recipe.model.name):
+        return given
+    return recipe.model.name.rsplit(":", 1)[0]
+
+
+class ConsoleLogger(Logger):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        print(format_row(row, self.epochs), flush=True)
+
+
+def make_loggers(args: argparse.Namespace, recipe: Recipe) -> list[Logger]:
+    loggers: list[Logger] = [] if args.quiet else [ConsoleLogger(recipe.epochs)]
+    if "tensorboard" in (args.log or []):
+        from cnnlab.loggers import TensorBoardLogger
+
+        if args.log_every < 1:
+            raise CnnlabError(f"--log-every must be >= 1 (got {args.log_every})")
+        loggers.append(TensorBoardLogger(args.log_every))
+    return loggers
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    overrides = {"model": args.model, "epochs": args.epochs, "lr": args.lr,
-                 "batch_size": args.batch_size, "step_size": args.step_size,
-                 "gamma": args.gamma, "augment": args.augment, "seed": args.seed,
-                 "limit_train": args.limit_train, "limit_test": args.limit_test,
-                 "bf16": args.bf16 or None}
+    overrides = overrides_from(args)
     if args.resume:
-        run_dir = Path(args.resume)
-        if args.out and Path(args.out).resolve() != run_dir.resolve():
+        run = RunFolder(args.resume)
+        if args.out and Path(args.out).resolve() != run.path.resolve():
             raise CnnlabError("--out and --resume name different folders; give only --resume")
-        config = resume_config(run_dir, args.preset, overrides)
+        if args.recipe_file:
+            raise CnnlabError("--recipe and --resume: a resumed run keeps its saved recipe; "
+                              "give only --resume")
+        if args.name:
+            overrides["name"] = args.name
+        recipe = resume_recipe(run, overrides)
+        code = args.model_code
     else:
-        if args.preset is None:
-            raise CnnlabError("name a preset (see `cnnlab presets`) or give --resume RUN_DIR")
-        config = TrainConfig.from_preset(args.preset, **overrides)
+        if args.name and args.recipe_file:
+            raise CnnlabError("name a built-in recipe or give --recipe FILE, not both")
+        if not (args.name or args.recipe_file):
+            raise CnnlabError("name a recipe (see `cnnlab presets`), give --recipe FILE.toml, "
+                              "or --resume RUN_DIR")
+        base = (recipes.load_file(Path(args.recipe_file)) if args.recipe_file
+                else recipes.builtin(args.name))
+        recipe = base.with_overrides(overrides) if overrides else base
+        code = user_code_of(recipe, args.model_code)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{config.preset}-{stamp}"
-        claim_run_dir(run_dir, args.overwrite)
+        run = RunFolder(args.out or Path("runs") / f"{recipe.name}-{stamp}")
+        run.claim(args.overwrite)
     device = resolve_device(args.device)
-    rows = train(config, run_dir, resolve_data_dir(args.data_dir), device,
-                 resume=bool(args.resume), quiet=args.quiet)
-    plot_run(rows, run_dir, config.preset)
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_data(data_dir)
+    data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
+    rows = train(recipe, data, run, device, resume=bool(args.resume),
+                 progress=not args.quiet and sys.stderr.isatty(),
+                 loggers=make_loggers(args, recipe), model_code=code)
     final = rows[-1]
-    print(f"{config.preset}: final test accuracy {100 * final['test_acc']:.2f}% "
+    print(f"{recipe.name}: final test accuracy {100 * final['test_acc']:.2f}% "
           f"(test loss {final['test_loss']:.4f}) after {final['epoch']} epochs on {device}; "
-          f"run folder {run_dir}")
-
-
-def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to start over an existing run unless --overwrite says so."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CnnlabError(f"--out {run_dir} is a file; choose a folder")
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if existing and not overwrite:
-        raise CnnlabError(f"{run_dir} already holds a run ({', '.join(existing)}); "
-                          "continue it with --resume, or replace it with --overwrite")
-    for name in existing:
-        (run_dir / name).unlink()
+          f"run folder {run.path}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    source = Path(args.checkpoint)
-    state = load_checkpoint(source)
-    device = resolve_device(args.device)
-    model = prepare_model(model_from_checkpoint(state, source), device)
+    from cnnlab.inference import Predictor
+
+    predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
+                               args.model_code)
     test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
-    loss, acc = evaluate(model, test_set.to(device), args.batch_size)
-    config = state["config"]
-    print(f"{config['preset']} ({config['model']}, epoch {state['epoch']}): "
+    loss, acc = predictor.evaluate(test_set, args.batch_size)
+    recipe = predictor.recipe
+    print(f"{recipe.name} ({recipe.model.name}, epoch {predictor.epoch}): "
           f"test accuracy {100 * acc:.2f}%, test loss {loss:.4f} on {len(test_set):,} images")
 
 
@@ -143,11 +205,16 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cnnlab.predict import format_json, format_text, predict
+    from cnnlab.inference import Predictor, format_json, format_text
 
-    predictions = predict(Path(args.checkpoint), [Path(p) for p in args.images],
-                          invert=not args.no_invert, top=args.top,
-                          device=resolve_device(args.device))
+    if not 1 <= args.top <= len(CLASSES):
+        raise CnnlabError(f"--top must be between 1 and {len(CLASSES)} (got {args.top})")
+    paths = [Path(p) for p in args.images]
+    pictures = [load_image(p) for p in paths]  # every picture is checked before loading
+    predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
+                               args.model_code)
+    predictions = predictor.predict(pictures, [str(p) for p in paths],
+                                    invert=not args.no_invert, top=args.top)
     print(format_json(predictions) if args.json else format_text(predictions))
 
 
@@ -155,13 +222,13 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from cnnlab.report import build_report
     from cnnlab.reproduce import reproduce
 
-    presets = parse_list(args.runs, list_presets(), "preset")
+    names = parse_list(args.runs, recipes.list_builtin(), "recipe")
     try:
         seeds = sorted({int(s) for s in args.seeds.split(",")})
     except ValueError:
         raise CnnlabError(f"--seeds wants integers like 0,1,2 (got {args.seeds!r})") from None
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
-    reproduce(presets, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
+    reproduce(names, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
               args.quiet)
     for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
@@ -219,24 +286,40 @@ def build_parser() -> Parser:
 
     sub.add_parser("models", help="list the networks with parameters and MACs",
                    parents=[common]).set_defaults(run=cmd_models)
-    sub.add_parser("presets", help="list the study's runs and their settings",
+    sub.add_parser("presets", help="list the built-in recipes (the study's five first)",
                    parents=[common]).set_defaults(run=cmd_presets)
 
-    p = sub.add_parser("train", help="train a preset", parents=[common])
-    p.add_argument("preset", nargs="?", help="one of `cnnlab presets`")
-    p.add_argument("--model", help="another network for the preset's recipe")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--step-size", type=int, help="StepLR step size in epochs (default 5)")
-    p.add_argument("--gamma", type=float, help="StepLR decay factor (default 0.5)")
+    p = sub.add_parser("recipe", help="show a recipe as TOML, or list every recipe key")
+    recipe_sub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
+    q = recipe_sub.add_parser("show", help="print a recipe, every key with its value",
+                              parents=[common])
+    q.add_argument("name", metavar="NAME|FILE", help="a built-in recipe or a .toml file")
+    q.set_defaults(run=cmd_recipe_show)
+    recipe_sub.add_parser("keys", help="every recipe key: type, default, valid values",
+                          parents=[common]).set_defaults(run=cmd_recipe_keys)
+
+    p = sub.add_parser("train", help="train a recipe", parents=[common])
+    p.add_argument("name", nargs="?", metavar="RECIPE", help="a built-in recipe "
+                   "(`cnnlab presets`)")
+    p.add_argument("--recipe", dest="recipe_file", metavar="FILE",
+                   help="your own recipe file (TOML; `cnnlab recipe show custom` prints one)")
+    for flag, path, tp, help_text in recipes.flags():
+        p.add_argument(flag, dest=dest(path), type=tp, help=f"{path}: {help_text}")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="rotation + flip on the training images (default: the preset's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit-train", type=int, help="train on the first N images only")
-    p.add_argument("--limit-test", type=int, help="test on the first N images only")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    p.add_argument("--out", help="run folder (default runs/<preset>-<timestamp>)")
+                   help="the study's rotation + flip on the training images, or none "
+                   "(default: the recipe's augment list)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any recipe key or run option, e.g. --set optimizer.lr=0.01, "
+                   "--set schedule.name=cosine, --set epochs=3 (repeatable; see "
+                   "`cnnlab recipe keys`)")
+    p.add_argument("--model-code", metavar="FILE.py|MODULE",
+                   help="the code of your own network, to resume a run that uses it")
+    p.add_argument("--log", action="append", choices=["tensorboard"],
+                   help="also log to TensorBoard (RUN_DIR/tensorboard; needs "
+                   "`pip install 'cnnlab[tensorboard]'`)")
+    p.add_argument("--log-every", type=int, default=50, metavar="N",
+                   help="TensorBoard: training loss and lr every N steps (default 50)")
+    p.add_argument("--out", help="run folder (default runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
@@ -247,6 +330,8 @@ def build_parser() -> Parser:
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--batch-size", type=int, help="default 128 on CPU, 1000 on CUDA")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--model-code", metavar="FILE.py|MODULE",
+                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_evaluate)
 
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
@@ -254,8 +339,8 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("reproduce", help="re-run the study and write its report",
                        parents=[common])
-    p.add_argument("--runs", default=",".join(list_presets()),
-                   help="comma-separated presets (default: the study's five)")
+    p.add_argument("--runs", default=",".join(recipes.STUDY_ORDER),
+                   help="comma-separated built-in recipes (default: the study's five)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--out", default="results/study", help="study folder (default %(default)s)")
     p.add_argument("--quick", action="store_true",
@@ -277,7 +362,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("report", help="write the study report from the run folders in DIR",
                        parents=[common])
-    p.add_argument("dir", metavar="DIR", help="study folder holding runs/<preset>-seed<k>/")
+    p.add_argument("dir", metavar="DIR", help="study folder holding runs/<recipe>-seed<k>/")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",
@@ -291,6 +376,8 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--top", type=int, default=3, metavar="K",
                    help="how many classes to show (default 3)")
+    p.add_argument("--model-code", metavar="FILE.py|MODULE",
+                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_predict)
     return parser
 

@@ -213,3 +213,43 @@ def ensure_data(data_dir: Path) -> None:
         print(f"Fashion-MNIST not found in {data_dir} (missing {len(missing)} of 4 files); "
               "downloading it", file=sys.stderr)
         download(data_dir)
+
+
+VAL_SEED = 20_240_601  # one fixed permutation: every run and recipe validates on the same images
+
+
+@dataclass
+class Datasets:
+    """What a run trains on, validates on (None without a split) and tests on."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+
+    def to(self, device: torch.device | str) -> Datasets:
+        return Datasets(self.train.to(device), self.val.to(device) if self.val else None,
+                        self.test.to(device))
+
+
+def split_off(data: ImageSet, n_val: int) -> tuple[ImageSet, ImageSet]:
+    """(rest, held-out): `n_val` images chosen by a fixed seeded permutation; the rest
+    keep their original order, so `limit_train` still takes the first images."""
+    if not 0 < n_val < len(data):
+        raise CnnlabError(f"split.val = {n_val}: must be between 1 and {len(data) - 1} "
+                          f"(the training set has {len(data):,} images)")
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(VAL_SEED))
+    held = order[:n_val].sort().values
+    rest = order[n_val:].sort().values
+    return (ImageSet(data.images[rest], data.labels[rest]),
+            ImageSet(data.images[held], data.labels[held]))
+
+
+def load_datasets(data_dir: Path, val: int = 0, limit_train: int | None = None,
+                  limit_test: int | None = None) -> Datasets:
+    """The training set (less `val` held-out images, then its first `limit_train`), the
+    validation set and the test set (its first `limit_test`)."""
+    train = load_split(data_dir, "train")
+    held = None
+    if val:
+        train, held = split_off(train, val)
+    return Datasets(train.head(limit_train), held, load_split(data_dir, "test").head(limit_test))

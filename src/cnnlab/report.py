@@ -1,6 +1,6 @@
 """Figures of training runs, and the study report built from run folders alone.
 
-`build_report` reads `DIR/runs/<preset>-seed<k>/` (metrics.csv, config.json, last.pt) and
+`build_report` reads `DIR/runs/<recipe>-seed<k>/` (metrics.csv, config.json, last.pt) and
 writes REPORT.md, a self-contained report.html and PNG figures, so a report can be
 rebuilt, restyled or extended at any time without training again.
 """
@@ -20,7 +20,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -31,42 +30,15 @@ from cnnlab import __version__  # noqa: E402
 from cnnlab.data import CLASSES, ImageSet, load_split  # noqa: E402
 from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
-from cnnlab.models import count_macs, count_parameters, get_model  # noqa: E402
-from cnnlab.presets import STUDY_ORDER, load_preset  # noqa: E402
-from cnnlab.train import (  # noqa: E402
-    git_commit,
-    load_checkpoint,
-    model_from_checkpoint,
-    predict_logits,
-    read_metrics,
-)
+from cnnlab.inference import Predictor  # noqa: E402
+from cnnlab.models import count_macs, count_parameters, create_model, is_user_code  # noqa: E402
+from cnnlab.recipe import STUDY_ORDER, Recipe, from_record  # noqa: E402
+from cnnlab.runs import RunFolder, git_commit  # noqa: E402
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
 MAX_MISCLASSIFIED = 24
 SECTIONS = ("1. Results", "2. Loss curves", "3. BatchNorm ablation", "4. Final models",
             "5. Environment")
-
-
-def plot_run(rows: list[dict[str, float]], out_dir: Path, title: str) -> list[Path]:
-    """Write loss.png (train and test loss per epoch, like the study's Figures 1–5) and
-    accuracy.png into `out_dir`; return their paths."""
-    epochs = [r["epoch"] for r in rows]
-    paths = []
-    for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
-                              ("accuracy.png", "acc", "accuracy (%)")):
-        scale = 100 if key == "acc" else 1
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-        ax.plot(epochs, [scale * r[f"train_{key}"] for r in rows], "o-", ms=3, label="train")
-        ax.plot(epochs, [scale * r[f"test_{key}"] for r in rows], "s-", ms=3, label="test")
-        ax.set(title=f"{title}: {ylabel.split(' (')[0]}", xlabel="epoch", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        path = out_dir / name
-        atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png"))
-        plt.close(fig)
-        paths.append(path)
-    return paths
 
 
 # --------------------------------------------------------------------------- run folders
@@ -77,15 +49,12 @@ class Run:
 
     path: Path
     info: dict[str, Any]          # config.json
-    rows: list[dict[str, float]]  # metrics.csv
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.info["config"]
+    recipe: Recipe                # as recorded in config.json
+    rows: list[dict[str, Any]]    # metrics.csv
 
     @property
     def planned_epochs(self) -> int:
-        return int(self.config["epochs"])
+        return self.recipe.epochs
 
     @property
     def complete(self) -> bool:
@@ -102,27 +71,26 @@ class Run:
 
 def read_run(path: Path) -> Run:
     """Parse one run folder; a damaged file is an error, never a silently wrong number."""
-    config_path, metrics_path = path / "config.json", path / "metrics.csv"
+    folder = RunFolder(path)
     try:
-        info = json.loads(config_path.read_text())
-        missing = [k for k in ("preset", "model", "seed", "epochs") if k not in info["config"]]
-        if missing:
-            raise ValueError(f"no {', '.join(missing)} in its config")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CnnlabError(f"{config_path}: unreadable or incomplete ({e}); "
+        info = json.loads(folder.config_path.read_text())
+        recipe = from_record(info, str(folder.config_path))
+    except (OSError, ValueError, KeyError, TypeError, CnnlabError) as e:
+        raise CnnlabError(f"{folder.config_path}: unreadable or incomplete ({e}); "
                           "retrain the run or move its folder out of runs/") from e
-    return Run(path, info, read_metrics(metrics_path))
+    return Run(path, info, recipe, folder.rows())
 
 
-def preset_order(name: str) -> tuple[int, str]:
+def recipe_order(name: str) -> tuple[int, str]:
     return (STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER), name)
 
 
 def load_runs(study_dir: Path) -> tuple[dict[str, list[Run]], list[str]]:
-    """Runs grouped by preset (study order, then by seed), and notes on runs left out."""
+    """Runs grouped by recipe name (the study's first, in its order; then by seed), and
+    notes on runs left out."""
     if not study_dir.is_dir():
         raise CnnlabError(f"study folder {study_dir} does not exist; give the folder that "
-                          "holds runs/<preset>-seed<k>/")
+                          "holds runs/<recipe>-seed<k>/")
     folders = sorted(p for p in (study_dir / "runs").glob("*/")
                      if (p / "config.json").exists() or (p / "metrics.csv").exists())
     if not folders:
@@ -135,12 +103,12 @@ def load_runs(study_dir: Path) -> tuple[dict[str, list[Run]], list[str]]:
         if not run.rows:
             notes.append(f"{folder.name} has no finished epoch and is left out.")
             continue
-        groups.setdefault(run.config["preset"], []).append(run)
+        groups.setdefault(run.recipe.name, []).append(run)
     if not groups:
         raise CnnlabError(f"no run in {study_dir / 'runs'} has finished an epoch; "
                           "let training run for at least one epoch")
-    return ({name: sorted(groups[name], key=lambda r: r.config["seed"])
-             for name in sorted(groups, key=preset_order)}, notes)
+    return ({name: sorted(groups[name], key=lambda r: r.recipe.seed)
+             for name in sorted(groups, key=recipe_order)}, notes)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -162,14 +130,6 @@ def mean_final(runs: list[Run]) -> float:
     return statistics.mean(r.final_acc for r in runs)
 
 
-def shipped_preset(preset: str) -> dict[str, Any]:
-    """The preset's settings, or {} for a preset this cnnlab does not ship."""
-    try:
-        return load_preset(preset)
-    except CnnlabError:
-        return {}
-
-
 def epochs_cell(runs: list[Run]) -> str:
     cells = dict.fromkeys(str(len(r.rows)) if r.complete else
                           f"{len(r.rows)} of {r.planned_epochs} (incomplete)" for r in runs)
@@ -189,23 +149,24 @@ def volatility(run: Run) -> float | None:
 
 
 def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[str]]]:
-    headers = ["preset", "seeds", "final test acc (%)", "study (%)", "Δ (points)",
+    headers = ["recipe", "seeds", "final test acc (%)", "study (%)", "Δ (points)",
                "best-epoch test acc (%, picked on test set: optimistic)", "parameters",
                "MACs/image", "epochs", "training time (s, all seeds)", "median train img/s",
                "device"]
     rows = []
-    for preset, runs in groups.items():
-        study = shipped_preset(preset).get("study_accuracy")
-        model = get_model(runs[0].config["model"])
+    for name, runs in groups.items():
+        study = runs[0].recipe.study.accuracy
+        spec = runs[0].recipe.model
+        model = None if is_user_code(spec.name) else create_model(spec.name, spec.args)
         rows.append([
-            preset,
-            ", ".join(str(r.config["seed"]) for r in runs),
+            name,
+            ", ".join(str(r.recipe.seed) for r in runs),
             pct_summary([r.final_acc for r in runs]),
-            "—" if study is None else f"{100 * study:.1f}",
-            "—" if study is None else f"{100 * (mean_final(runs) - study):+.2f}",
+            "" if study is None else f"{100 * study:.1f}",
+            "" if study is None else f"{100 * (mean_final(runs) - study):+.2f}",
             pct_summary([r.best_acc for r in runs]),
-            f"{count_parameters(model):,}",
-            f"{count_macs(model):,}",
+            "—" if model is None else f"{count_parameters(model):,}",
+            "—" if model is None else f"{count_macs(model):,}",
             epochs_cell(runs),
             f"{sum(row['seconds'] for r in runs for row in r.rows):.1f}",
             f"{statistics.median(row['train_img_per_s'] for r in runs for row in r.rows):.0f}",
@@ -214,24 +175,25 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
     return headers, rows
 
 
-def band_verdict(preset: str, runs: list[Run]) -> str | None:
-    """Whether the final accuracy lands within the preset's tolerance of the study's."""
-    preset_data = shipped_preset(preset)
-    tolerance = preset_data.get("study_tolerance")
-    if tolerance is None or any(r.config.get("limit_train") for r in runs):
+def band_verdict(name: str, runs: list[Run]) -> str | None:
+    """Whether the final accuracy lands within the recipe's tolerance of the study's."""
+    study_spec = runs[0].recipe.study
+    tolerance = study_spec.tolerance
+    if tolerance is None or any(r.recipe.limit_train for r in runs):
         return None
-    study, ours = 100 * preset_data["study_accuracy"], 100 * mean_final(runs)
+    study, ours = 100 * study_spec.accuracy, 100 * mean_final(runs)
     inside = abs(ours - study) <= tolerance
-    return (f"{preset}: {ours:.2f}% is {'within' if inside else 'OUTSIDE'} ±{tolerance} "
+    return (f"{name}: {ours:.2f}% is {'within' if inside else 'OUTSIDE'} ±{tolerance} "
             f"points of the study's {study:.1f}%"
             + ("." if all(r.complete for r in runs) else " (run incomplete)."))
 
 
 def results_notes(groups: dict[str, list[Run]]) -> list[str]:
-    notes = [v for preset, runs in groups.items() if (v := band_verdict(preset, runs))]
-    notes += [f"{name}: no run of this study preset in this folder yet."
-              for name in STUDY_ORDER if name not in groups]
-    for preset, runs in groups.items():
+    notes = [v for name, runs in groups.items() if (v := band_verdict(name, runs))]
+    if any(name in STUDY_ORDER for name in groups):
+        notes += [f"{name}: no run of this study recipe in this folder yet."
+                  for name in STUDY_ORDER if name not in groups]
+    for recipe, runs in groups.items():
         for r in runs:
             if did_not_learn(r):
                 notes.append(f"{r.path.name} did not learn: final test accuracy "
@@ -243,10 +205,10 @@ def results_notes(groups: dict[str, list[Run]]) -> list[str]:
                 notes.append(f"{r.path.name} is incomplete: {len(r.rows)} of "
                              f"{r.planned_epochs} epochs; its last finished epoch counts as "
                              "final.")
-        limits = {(r.config.get("limit_train"), r.config.get("limit_test")) for r in runs}
+        limits = {(r.recipe.limit_train, r.recipe.limit_test) for r in runs}
         for train_n, test_n in sorted(limits, key=str):
             if train_n or test_n:
-                notes.append(f"{preset}: trained on {train_n or 'all'} training images and "
+                notes.append(f"{recipe}: trained on {train_n or 'all'} training images and "
                              f"tested on {test_n or 'all'} test images, so its accuracy is not "
                              "comparable with the study's.")
     return notes
@@ -337,22 +299,22 @@ def finish(ax: Axes, title: str, ylabel: str) -> None:
     ax.legend(fontsize=8)
 
 
-def loss_figure(preset: str, runs: list[Run]) -> Figure:
+def loss_figure(recipe: str, runs: list[Run]) -> Figure:
     fig = Figure(figsize=(6, 4), dpi=110, layout="tight")
     ax = fig.subplots()
     band(ax, runs, "train_loss", "train")
     band(ax, runs, "test_loss", "test", style="--")
     note = " (band: min–max over seeds)" if len(runs) > 1 else ""
-    finish(ax, f"{preset}: train and test loss{note}", "cross-entropy loss")
+    finish(ax, f"{recipe}: train and test loss{note}", "cross-entropy loss")
     return fig
 
 
 def accuracy_figure(groups: dict[str, list[Run]]) -> Figure:
     fig = Figure(figsize=(7, 4.5), dpi=110, layout="tight")
     ax = fig.subplots()
-    for preset, runs in groups.items():
-        band(ax, runs, "test_acc", preset, scale=100)
-    finish(ax, "Test accuracy per epoch, all presets", "test accuracy (%)")
+    for recipe, runs in groups.items():
+        band(ax, runs, "test_acc", recipe, scale=100)
+    finish(ax, "Test accuracy per epoch, all recipes", "test accuracy (%)")
     return fig
 
 
@@ -463,31 +425,31 @@ class Document:
 def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path) -> None:
     """Confusion matrix, per-class accuracy and misclassified images of each first seed."""
     doc.heading(2, SECTIONS[3])
-    doc.para("The model of the first seed of each preset, as saved in its last.pt.")
+    doc.para("The model of the first seed of each recipe, as saved in its last.pt (its "
+             "weight average when the recipe keeps one).")
     test_set: ImageSet | None = None
-    for preset, runs in groups.items():
+    for recipe, runs in groups.items():
         run = runs[0]
-        doc.heading(3, f"{preset} ({run.path.name})")
+        doc.heading(3, f"{recipe} ({run.path.name})")
         checkpoint = run.path / "last.pt"
         if not checkpoint.is_file():
             doc.para(f"{run.path.name} has no last.pt, so this part is skipped.")
             continue
         try:
             test_set = test_set or load_split(data_dir, "test")
-            state = load_checkpoint(checkpoint)
-            model = model_from_checkpoint(state, checkpoint)
+            predictor = Predictor.load(checkpoint)
         except CnnlabError as e:
             doc.para(f"Skipped: {e}")
             continue
-        data = test_set.head(state["config"]["limit_test"])
-        predicted = predict_logits(model, data.images).argmax(1)
+        data = test_set.head(predictor.recipe.limit_test)
+        predicted = predictor.logits(data.images).argmax(1)
         matrix = confusion(data.labels, predicted)
         correct = int(np.trace(matrix))
-        doc.para(f"Model after epoch {state['epoch']}: {correct:,} of {len(data):,} test "
+        doc.para(f"Model after epoch {predictor.epoch}: {correct:,} of {len(data):,} test "
                  f"images right ({100 * correct / len(data):.2f}%).")
-        doc.figure(f"confusion-{preset}.png",
-                   confusion_figure(f"{preset}: confusion matrix ({len(data):,} test images)",
-                                    matrix), f"{preset}: confusion matrix (counts)")
+        doc.figure(f"confusion-{recipe}.png",
+                   confusion_figure(f"{recipe}: confusion matrix ({len(data):,} test images)",
+                                    matrix), f"{recipe}: confusion matrix (counts)")
         rows = []
         for i, name in enumerate(CLASSES):
             total = int(matrix[i].sum())
@@ -500,10 +462,10 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
                   rows)
         wrong = (predicted != data.labels).nonzero().flatten()[:MAX_MISCLASSIFIED]
         if len(wrong):
-            doc.figure(f"misclassified-{preset}.png", misclassified_figure(
-                f"{preset}: misclassified test images (first {len(wrong)})", data.images[wrong],
+            doc.figure(f"misclassified-{recipe}.png", misclassified_figure(
+                f"{recipe}: misclassified test images (first {len(wrong)})", data.images[wrong],
                 data.labels[wrong].tolist(), predicted[wrong].tolist()),
-                f"{preset}: misclassified test images with true and predicted labels")
+                f"{recipe}: misclassified test images with true and predicted labels")
         else:
             doc.para("No test image is misclassified.")
 
@@ -552,10 +514,10 @@ def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, P
         "Δ is the final accuracy (mean over seeds) minus the study's, in percentage points."])
 
     doc.heading(2, SECTIONS[1])
-    for preset, runs in groups.items():
-        doc.figure(f"loss-{preset}.png", loss_figure(preset, runs),
-                   f"{preset}: train and test loss per epoch")
-    doc.figure("accuracy-all.png", accuracy_figure(groups), "Test accuracy per epoch, all presets")
+    for recipe, runs in groups.items():
+        doc.figure(f"loss-{recipe}.png", loss_figure(recipe, runs),
+                   f"{recipe}: train and test loss per epoch")
+    doc.figure("accuracy-all.png", accuracy_figure(groups), "Test accuracy per epoch, all recipes")
 
     doc.heading(2, SECTIONS[2])
     paragraphs = ablation_text(groups)

@@ -1,6 +1,6 @@
-"""`cnnlab reproduce`: every preset × seed of the study into one folder, then the report.
+"""`cnnlab reproduce`: every study recipe × seed into one folder, then the report.
 
-Each run lives in `DIR/runs/<preset>-seed<k>/`. A finished run is skipped and an
+Each run lives in `DIR/runs/<recipe>-seed<k>/`. A finished run is skipped and an
 interrupted one resumes from its checkpoint, so running the command again after a crash
 or Ctrl-C loses at most the epoch that was in progress.
 """
@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab.models import get_model
-from cnnlab.train import (
-    TrainConfig,
-    as_input,
-    make_optimizer,
-    prepare_model,
-    read_metrics,
-    resume_config,
-    train,
-)
+from cnnlab.data import ensure_data, load_datasets
+from cnnlab.device import as_input, prepare_model
+from cnnlab.models import create_model
+from cnnlab.parts import make_optimizer
+from cnnlab.recipe import Recipe, builtin
+from cnnlab.runs import RunFolder
+from cnnlab.train import Logger, resume_recipe, train
 
 # --quick: the same pipeline on subsets and few epochs (a few minutes on 2 CPU cores).
 QUICK = {"epochs": 3, "limit_train": 6000, "limit_test": 2000}
@@ -32,34 +30,32 @@ QUICK = {"epochs": 3, "limit_train": 6000, "limit_test": 2000}
 
 @dataclass
 class PlannedRun:
-    config: TrainConfig
-    run_dir: Path
+    recipe: Recipe
+    run: RunFolder
 
     @property
     def name(self) -> str:
-        return self.run_dir.name
-
-    def epochs_done(self) -> int:
-        metrics = self.run_dir / "metrics.csv"
-        return len(read_metrics(metrics)) if (self.run_dir / "last.pt").is_file() else 0
+        return self.run.name
 
     def images_per_epoch(self) -> int:
-        return self.config.limit_train or 60_000
+        return self.recipe.limit_train or 60_000 - self.recipe.split.val
 
 
-def plan(presets: list[str], seeds: list[int], out_dir: Path, quick: bool) -> list[PlannedRun]:
+def plan(names: list[str], seeds: list[int], out_dir: Path, quick: bool) -> list[PlannedRun]:
     overrides = QUICK if quick else {}
-    return [PlannedRun(TrainConfig.from_preset(p, seed=s, **overrides),
-                       out_dir / "runs" / f"{p}-seed{s}")
-            for p in presets for s in seeds]
+    return [PlannedRun(builtin(n).with_overrides({"seed": s, **overrides}),
+                       RunFolder(out_dir / "runs" / f"{n}-seed{s}"))
+            for n in names for s in seeds]
 
 
-def seconds_per_image(model_name: str, batch_size: int, device: torch.device) -> float:
+def seconds_per_image(recipe: Recipe, device: torch.device) -> float:
     """A quick timing of a few training steps on random data: the prior for the ETA."""
-    model = prepare_model(get_model(model_name), device)
-    optimizer = make_optimizer(model, 1e-4, device)
-    x = as_input(torch.randn(batch_size, 1, 28, 28, device=device), model)
-    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    with torch.random.fork_rng():
+        model = prepare_model(create_model(recipe.model.name, recipe.model.args), device)
+    optimizer = make_optimizer(model, recipe.optimizer, device)
+    batch = recipe.batch_size
+    x = as_input(torch.randn(batch, 1, 28, 28, device=device), model)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -72,7 +68,7 @@ def seconds_per_image(model_name: str, batch_size: int, device: torch.device) ->
     start = time.perf_counter()
     for _ in range(3):
         step()
-    return (time.perf_counter() - start) / (3 * batch_size)
+    return (time.perf_counter() - start) / (3 * batch)
 
 
 class Progress:
@@ -82,23 +78,34 @@ class Progress:
     epochs finished so far in this session compared with that price."""
 
     def __init__(self, runs: list[PlannedRun], device: torch.device) -> None:
-        pending = [r for r in runs if r.epochs_done() < r.config.epochs]
-        cost = {(r.config.model, r.config.batch_size) for r in pending}
-        per_image = {key: seconds_per_image(*key, device) for key in cost}
-        self.price = {r.name: per_image[r.config.model, r.config.batch_size]
+        pending = [r for r in runs if r.run.epochs_done() < r.recipe.epochs]
+        per_image: dict[tuple[str, int], float] = {}
+        for r in pending:
+            cost = (r.recipe.model.name, r.recipe.batch_size)
+            if cost not in per_image:
+                per_image[cost] = seconds_per_image(r.recipe, device)
+        self.price = {r.name: per_image[r.recipe.model.name, r.recipe.batch_size]
                       * r.images_per_epoch() for r in pending}
-        self.remaining = sum(self.price[r.name] * (r.config.epochs - r.epochs_done())
+        self.remaining = sum(self.price[r.name] * (r.recipe.epochs - r.run.epochs_done())
                              for r in pending)
         self.priced = self.measured = 0.0
 
-    def epoch_finished(self, k: int, n: int, run: PlannedRun, row: dict[str, float]) -> None:
+    def epoch_finished(self, k: int, n: int, run: PlannedRun, row: dict[str, Any]) -> None:
         self.remaining -= self.price[run.name]
         self.priced += self.price[run.name]
         self.measured += row["seconds"]
         eta = self.remaining * self.measured / self.priced
-        print(f"[run {k}/{n} {run.name}] epoch {row['epoch']}/{run.config.epochs}  "
+        print(f"[run {k}/{n} {run.name}] epoch {row['epoch']}/{run.recipe.epochs}  "
               f"test acc {100 * row['test_acc']:.2f}%  reproduction ETA "
               f"{format_duration(eta)}", file=sys.stderr, flush=True)
+
+
+class _ProgressLogger(Logger):
+    def __init__(self, progress: Progress, k: int, n: int, run: PlannedRun) -> None:
+        self.progress, self.k, self.n, self.run = progress, k, n, run
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        self.progress.epoch_finished(self.k, self.n, self.run, row)
 
 
 def format_duration(seconds: float) -> str:
@@ -108,21 +115,25 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{int(seconds % 60):02d}s"
 
 
-def reproduce(presets: list[str], seeds: list[int], out_dir: Path, data_dir: Path,
+def reproduce(names: list[str], seeds: list[int], out_dir: Path, data_dir: Path,
               device: torch.device, quick: bool = False, quiet: bool = False) -> None:
     """Train every planned run that is not finished yet (resuming interrupted ones)."""
-    runs = plan(presets, seeds, out_dir, quick)
+    runs = plan(names, seeds, out_dir, quick)
+    ensure_data(data_dir)
     progress = Progress(runs, device)
-    for k, run in enumerate(runs, 1):
-        done = run.epochs_done()
+    for k, planned in enumerate(runs, 1):
+        done = planned.run.epochs_done()
         if done:
             # Refuses, naming the differences, when the folder holds other settings.
-            resume_config(run.run_dir, run.config.preset, asdict(run.config))
-        if done >= run.config.epochs:
-            print(f"[run {k}/{len(runs)} {run.name}] finished earlier, skipped",
+            resume_recipe(planned.run, planned.recipe.to_dict())
+        if done >= planned.recipe.epochs:
+            print(f"[run {k}/{len(runs)} {planned.name}] finished earlier, skipped",
                   file=sys.stderr)
             continue
         verb = f"resuming after epoch {done}" if done else "starting"
-        print(f"[run {k}/{len(runs)} {run.name}] {verb}", file=sys.stderr, flush=True)
-        train(run.config, run.run_dir, data_dir, device, resume=done > 0, quiet=quiet,
-              on_epoch=lambda row, k=k, run=run: progress.epoch_finished(k, len(runs), run, row))
+        print(f"[run {k}/{len(runs)} {planned.name}] {verb}", file=sys.stderr, flush=True)
+        recipe = planned.recipe
+        data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
+        loggers = [_ProgressLogger(progress, k, len(runs), planned)]
+        train(recipe, data, planned.run, device, resume=done > 0,
+              progress=not quiet and sys.stderr.isatty(), loggers=loggers)

@@ -1,12 +1,15 @@
-"""The study's networks, one module per family, all reachable through the registry."""
+"""The networks, one module per family, all reachable through the registry."""
 
 from cnnlab.models import alexnet, custom, lenet  # noqa: F401  (registers the models)
 from cnnlab.models.registry import (
     count_macs,
     count_parameters,
+    create_model,
     get_model,
+    is_user_code,
     list_models,
     register_model,
 )
 
-__all__ = ["count_macs", "count_parameters", "get_model", "list_models", "register_model"]
+__all__ = ["count_macs", "count_parameters", "create_model", "get_model", "is_user_code",
+           "list_models", "register_model"]

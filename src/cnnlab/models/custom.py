@@ -79,10 +79,10 @@ class ConvolutionalNetwork(nn.Module):
 
 
 @register_model("custom")
-def custom() -> ConvolutionalNetwork:
-    return ConvolutionalNetwork(batchnorm=True)
+def custom(batchnorm: bool = True, fused_stem: bool = True) -> ConvolutionalNetwork:
+    return ConvolutionalNetwork(batchnorm=batchnorm, fused_stem=fused_stem)
 
 
 @register_model("custom_nobn")
-def custom_nobn() -> ConvolutionalNetwork:
-    return ConvolutionalNetwork(batchnorm=False)
+def custom_nobn(fused_stem: bool = True) -> ConvolutionalNetwork:
+    return ConvolutionalNetwork(batchnorm=False, fused_stem=fused_stem)

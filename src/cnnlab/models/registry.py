@@ -1,21 +1,33 @@
-"""The model registry: every network is a name mapped to a constructor."""
+"""The model registry: every network is a name mapped to a factory that takes keyword
+arguments; a user's own network comes from a file or module they name explicitly."""
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from cnnlab.errors import CnnlabError
 
-_MODELS: dict[str, Callable[[], nn.Module]] = {}
+Factory = Callable[..., nn.Module]
+_MODELS: dict[str, Factory] = {}
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
 
 
-def register_model(name: str) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
-    """Decorator: make `fn()` available as `get_model(name)`."""
-    def decorate(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+def register_model(name: str) -> Callable[[Factory], Factory]:
+    """Decorator: make `fn(**kwargs)` available as `get_model(name, **kwargs)`."""
+    def decorate(fn: Factory) -> Factory:
         if name in _MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         _MODELS[name] = fn
@@ -27,12 +39,98 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def get_model(name: str) -> nn.Module:
+def is_user_code(name: str) -> bool:
+    """`my_nets.py:TinyResNet` or `package.module:factory`, not a registry name."""
+    return ":" in name
+
+
+def factory_of(name: str, code: str | None = None) -> Factory:
+    """The factory behind a model name. A user-code name is imported only from `code`, the
+    source the user named in this command (the part before ':' of the name, or the file
+    given with --model-code); never merely because a recipe or checkpoint mentions it."""
+    if not is_user_code(name):
+        try:
+            return _MODELS[name]
+        except KeyError:
+            raise CnnlabError(f"unknown model {name!r}; choose one of: "
+                              f"{', '.join(list_models())}, or name your own as "
+                              "FILE.py:FACTORY or package.module:FACTORY") from None
+    if code is None:
+        raise CnnlabError(f"model {name!r} is user code; cnnlab does not import code because "
+                          "a run folder or checkpoint names it: pass --model-code "
+                          f"{name.rsplit(':', 1)[0]} to load it")
+    module = _import_user_module(code)
+    attribute = name.rsplit(":", 1)[1]
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise CnnlabError(f"{code} has no callable {attribute!r}; name a function or class "
+                          "that returns an nn.Module")
+    return factory
+
+
+def _import_user_module(code: str) -> Any:
     try:
-        return _MODELS[name]()
-    except KeyError:
-        raise CnnlabError(f"unknown model {name!r}; choose one of: "
-                          f"{', '.join(list_models())}") from None
+        if code.endswith(".py"):
+            path = Path(code).expanduser().resolve()
+            if not path.is_file():
+                raise CnnlabError(f"model code {code}: no such file")
+            name = f"cnnlab_user_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            return module
+        return importlib.import_module(code)
+    except CnnlabError:
+        raise
+    except Exception as e:  # any error in the user's module: say where, not a traceback
+        raise CnnlabError(f"model code {code} failed to import: {type(e).__name__}: {e}") from e
+
+
+def check_model_args(name: str, factory: Factory, args: dict[str, Any]) -> None:
+    """Refuse arguments the factory does not take, naming the ones it does."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    params = signature.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = [a for a in args if a not in valid]
+    if unknown:
+        raise CnnlabError(f"model.args.{unknown[0]}: not an argument of model {name!r}; "
+                          f"valid: {', '.join(valid) or 'none'}")
+
+
+def create_model(name: str, args: dict[str, Any] | None = None,
+                 code: str | None = None) -> nn.Module:
+    """Build the network `name` with keyword `args`, checked to be a 10-class classifier
+    of 1×28×28 images."""
+    args = args or {}
+    factory = factory_of(name, code)
+    check_model_args(name, factory, args)
+    try:
+        model = factory(**args)
+    except (TypeError, ValueError) as e:
+        raise CnnlabError(f"model {name!r} with args {args}: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise CnnlabError(f"model {name!r} returned {type(model).__name__}, not an nn.Module")
+    if is_user_code(name):
+        with torch.no_grad():
+            was_training = model.training
+            out = model.eval()(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE))
+            model.train(was_training)
+        if tuple(getattr(out, "shape", ())) != (2, NUM_CLASSES):
+            raise CnnlabError(f"model {name!r} maps a batch of 2 images of 1×28×28 to "
+                              f"{tuple(getattr(out, 'shape', ()))}; it must return (2, 10) "
+                              "logits")
+    return model
+
+
+def get_model(name: str, **args: Any) -> nn.Module:
+    """A registered network (no user code)."""
+    return create_model(name, args)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -53,34 +151,16 @@ def plain_path(model: nn.Module) -> Iterator[None]:
             m.fused_stem = True
 
 
-def count_macs(model: nn.Module, image_size: int = 28) -> int:
-    """Multiply-accumulates of one forward pass on one image, counted in the layers of the
-    plain network (convolutions and linear layers; pooling, norms and activations are free)."""
-    macs = 0
-
-    def conv_hook(module: nn.Conv2d, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal macs
-        per_output = module.in_channels // module.groups * module.kernel_size[0] \
-            * module.kernel_size[1]
-        macs += output[0].numel() * per_output
-
-    def linear_hook(module: nn.Linear, _inputs: tuple, output: torch.Tensor) -> None:
-        nonlocal macs
-        macs += module.in_features * module.out_features
-
-    hooks = []
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(conv_hook))
-        elif isinstance(module, nn.Linear):
-            hooks.append(module.register_forward_hook(linear_hook))
+def count_macs(model: nn.Module, image_size: int = IMAGE_SIZE) -> int:
+    """Multiply-accumulates of one forward pass on one image, counted by torch's
+    FlopCounterMode in the plain network (convolutions and matrix products; pooling,
+    norms and activations are free)."""
     was_training = model.training
     model.eval()
+    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), plain_path(model):
+        with torch.no_grad(), plain_path(model), counter:
             model(torch.zeros(1, 1, image_size, image_size))
     finally:
         model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return macs
+    return counter.get_total_flops() // 2

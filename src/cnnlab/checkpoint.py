@@ -1,0 +1,57 @@
+"""Checkpoints: the parts of a run as tensors and plain data only, so they load with
+`torch.load(weights_only=True)` and never run code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write
+from cnnlab.recipe import Recipe, from_record
+
+FORMAT = "cnnlab-checkpoint-v2"
+# Written before recipes existed: a flat preset config, no averaged weights.
+LEGACY_FORMAT = "cnnlab-checkpoint-v1"
+
+
+def save_checkpoint(path: Path, parts_state: dict[str, Any], epoch: int, recipe: Recipe,
+                    metrics: list[dict[str, Any]]) -> None:
+    state = {"format": FORMAT, "epoch": epoch, "recipe": recipe.to_dict(), "metrics": metrics,
+             **parts_state}
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a cnnlab checkpoint safely: plain data and tensors only, never code."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CnnlabError(f"{path}: no such checkpoint; give a run folder or a .pt file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            reason = "it holds Python objects, not just tensors; refusing to run its code"
+        else:
+            reason = "not a PyTorch checkpoint file, or a truncated or damaged one"
+        raise CnnlabError(f"{path} is not a loadable cnnlab checkpoint: {reason}") from e
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, LEGACY_FORMAT):
+        raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker)")
+    state.setdefault("averaged", None)
+    return state
+
+
+def checkpoint_recipe(state: dict[str, Any], source: Path) -> Recipe:
+    return from_record(state, str(source))
+
+
+def inference_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a recipe reports: its weight average when it keeps one."""
+    averaged = state.get("averaged")
+    if averaged is None:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in averaged.items() if k.startswith("module.")}

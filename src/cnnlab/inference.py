@@ -1,0 +1,206 @@
+"""Inference with a trained model: the `Predictor`, and your own pictures turned into
+what the network was trained on (a 28×28 grayscale image of a light object on a dark
+background, normalized like the training data).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+from cnnlab.augment import eval_batch
+from cnnlab.checkpoint import checkpoint_recipe, inference_weights, load_checkpoint
+from cnnlab.data import CLASSES, IMAGE_SIZE, ImageSet
+from cnnlab.device import as_input, eval_batch_size, prepare_model
+from cnnlab.errors import CnnlabError
+from cnnlab.models import create_model
+from cnnlab.recipe import Recipe
+
+
+@dataclass
+class Prediction:
+    image: str
+    inverted: bool                 # whether a light background was turned dark
+    top: list[tuple[str, float]]   # (class, probability), most likely first
+
+
+def load_image(source: Path | bytes, name: str | None = None) -> Image.Image:
+    """Open and fully decode a file or encoded bytes (an animation's first frame), upright
+    per its EXIF.
+
+    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) applies, and so that
+    a huge image fails up front, exceeding it is an error here, not just a warning.
+    """
+    path = name or (str(source) if isinstance(source, Path) else "image")
+    if isinstance(source, Path):
+        if source.is_dir():
+            raise CnnlabError(f"{path} is a folder; give image files (PNG or JPEG)")
+        if not source.exists():
+            raise CnnlabError(f"{path}: no such file; give image files (PNG or JPEG)")
+    elif not source:
+        raise CnnlabError(f"{path}: empty; give a PNG or JPEG")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+            with opened as image:  # positioned at frame 0
+                image.load()
+                return ImageOps.exif_transpose(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise CnnlabError(f"{path}: too large ({e}); scale it down first") from e
+    except UnidentifiedImageError as e:
+        raise CnnlabError(f"{path} is not an image Pillow can read; give a PNG or JPEG") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CnnlabError(f"{path}: unreadable or truncated image ({e}); "
+                          "give a complete PNG or JPEG") from e
+
+
+def to_gray(image: Image.Image) -> np.ndarray:
+    """8-bit grayscale (H, W); transparent pixels become background.
+
+    With transparency there is no background colour to look at, so the transparent part is
+    filled with the colour that contrasts with the opaque part: white behind a dark object,
+    black behind a light one.
+    """
+    if image.mode.startswith("I"):  # 16-bit PNG: scale to 8 bits (Pillow would clip)
+        return (np.asarray(image, dtype=np.float32) / 257).clip(0, 255).round().astype(np.uint8)
+    if image.mode not in ("RGBA", "LA", "PA") and "transparency" not in image.info:
+        return np.asarray(image.convert("RGB").convert("L"))
+    rgba = image.convert("RGBA")
+    gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255
+    light_object = (gray * alpha).sum() > 127.5 * alpha.sum()
+    filled = gray * alpha + (0 if light_object else 255) * (1 - alpha)
+    return filled.round().astype(np.uint8)
+
+
+def to_input(image: Image.Image, invert: bool = True) -> tuple[torch.Tensor, bool]:
+    """A uint8 (28, 28) tensor in Fashion-MNIST's look, and whether it was inverted.
+
+    The picture is padded to a square with its background colour (the median of its border
+    pixels) so the aspect ratio survives the resize; a light background is inverted
+    unless `invert` is False.
+    """
+    gray = to_gray(image)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    background = int(np.median(border))
+    height, width = gray.shape
+    side = max(height, width)
+    square = np.full((side, side), background, dtype=np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top:top + height, left:left + width] = gray
+    small = np.asarray(Image.fromarray(square).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                      Image.Resampling.LANCZOS))
+    inverted = invert and background > 127
+    return torch.from_numpy(255 - small if inverted else small.copy()), inverted
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, flip: bool = False,
+                   batch_size: int | None = None) -> torch.Tensor:
+    """Logits for uint8 images (N, 28, 28), in eval mode; with `flip`, the mean of the
+    logits of each image and its mirror image (test-time flip averaging)."""
+    model.eval()
+    batch_size = batch_size or eval_batch_size(images.device)
+    out = []
+    for chunk in images.split(batch_size):
+        x = as_input(eval_batch(chunk), model)
+        logits = model(x)
+        if flip:
+            logits = (logits + model(x.flip(-1))) / 2
+        out.append(logits)
+    return torch.cat(out)
+
+
+class Predictor:
+    """A trained model ready for inference: loaded once, on its device, in eval mode, with
+    the preprocessing it was trained with. Training evaluation, `cnnlab evaluate`,
+    `cnnlab predict` and the report all go through it."""
+
+    def __init__(self, model: nn.Module, flip: bool = False, recipe: Recipe | None = None,
+                 epoch: int | None = None) -> None:
+        self.model, self.flip, self.recipe, self.epoch = model, flip, recipe, epoch
+
+    @classmethod
+    def load(cls, source: Path, device: torch.device | None = None,
+             model_code: str | None = None) -> Predictor:
+        """From a run folder or a checkpoint file; the recipe's reported weights (its
+        weight average when it keeps one)."""
+        source = Path(source)
+        state = load_checkpoint(source)
+        recipe = checkpoint_recipe(state, source)
+        model = create_model(recipe.model.name, recipe.model.args, model_code)
+        try:
+            model.load_state_dict(inference_weights(state))
+        except RuntimeError as e:
+            raise CnnlabError(f"{source}: its weights do not fit model {recipe.model.name!r} "
+                              "(a checkpoint of another architecture?)") from e
+        model = prepare_model(model, device or torch.device("cpu"))
+        return cls(model, recipe.evaluate.flip, recipe, state["epoch"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        return predict_logits(self.model, images.to(self.device), self.flip, batch_size)
+
+    def evaluate(self, data: ImageSet, batch_size: int | None = None) -> tuple[float, float]:
+        """Mean cross-entropy (no label smoothing, so recipes compare) and accuracy."""
+        logits = self.logits(data.images, batch_size)
+        labels = data.labels.to(logits.device)
+        loss = F.cross_entropy(logits, labels).item()
+        acc = (logits.argmax(1) == labels).float().mean().item()
+        return loss, acc
+
+    def predict(self, pictures: list[Path | bytes | Image.Image | torch.Tensor],
+                names: list[str] | None = None, invert: bool = True,
+                top: int = 3) -> list[Prediction]:
+        """The `top` most likely classes of each picture (a file, encoded bytes, a PIL
+        image, or a uint8 28×28 tensor already in Fashion-MNIST's look); every picture is
+        checked before any is classified."""
+        if not 1 <= top <= len(CLASSES):
+            raise CnnlabError(f"--top must be between 1 and {len(CLASSES)} (got {top})")
+        names = names or [str(p) if isinstance(p, Path) else f"image {i}"
+                          for i, p in enumerate(pictures)]
+        inputs = []
+        for picture, name in zip(pictures, names, strict=True):
+            if isinstance(picture, torch.Tensor):
+                if picture.shape != (IMAGE_SIZE, IMAGE_SIZE) or picture.dtype != torch.uint8:
+                    raise CnnlabError(f"{name}: a tensor input must be uint8 of shape 28×28")
+                inputs.append((picture, False))
+                continue
+            image = picture if isinstance(picture, Image.Image) else load_image(picture, name)
+            inputs.append(to_input(image, invert))
+        images = torch.stack([tensor for tensor, _ in inputs])
+        probabilities = self.logits(images).softmax(1).cpu()
+        results = []
+        for name, (_, inverted), probs in zip(names, inputs, probabilities, strict=True):
+            values, indices = probs.topk(top)
+            results.append(Prediction(name, inverted, [
+                (CLASSES[i], p) for p, i in zip(values.tolist(), indices.tolist(),
+                                                strict=True)]))
+        return results
+
+
+def format_text(predictions: list[Prediction]) -> str:
+    lines = []
+    for p in predictions:
+        classes = ", ".join(f"{name} {100 * prob:.1f}%" for name, prob in p.top)
+        lines.append(f"{p.image}{' (inverted)' if p.inverted else ''}: {classes}")
+    return "\n".join(lines)
+
+
+def format_json(predictions: list[Prediction]) -> str:
+    return json.dumps([{**asdict(p), "top": [{"class": name, "probability": prob}
+                                            for name, prob in p.top]}
+                       for p in predictions], indent=2)

@@ -1,0 +1,186 @@
+"""The run folder, the one place that knows its layout:
+
+| file | what |
+| --- | --- |
+| config.json | the resolved recipe and where and how it ran |
+| metrics.csv | one row per finished epoch |
+| last.pt | the checkpoint after the last finished epoch |
+| loss.png, accuracy.png | train, validation and test curves |
+| tensorboard/ | event files, with `--log tensorboard` |
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnlab import __version__
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write, atomic_write_text
+from cnnlab.recipe import Recipe
+
+METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
+                  "seconds", "train_img_per_s", "val_loss", "val_acc")
+# Columns a metrics.csv may lack: files written before the validation split existed.
+OPTIONAL_COLUMNS = ("val_loss", "val_acc")
+RUN_FILES = ("last.pt", "metrics.csv", "config.json", "loss.png", "accuracy.png")
+
+
+def command_line() -> str:
+    """The command this process was started with, quoted so it can be pasted back."""
+    return "cnnlab " + shlex.join(sys.argv[1:])
+
+
+def git_commit() -> str | None:
+    """The commit of the cnnlab source in use, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRICS_HEADER, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: row.get(k) for k in METRICS_HEADER} for row in rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.csv (val columns None when empty or absent); a damaged file is
+    an error, never a silently wrong number."""
+    def number(key: str, text: str | None) -> float | int | None:
+        if key in OPTIONAL_COLUMNS and not text:
+            return None
+        return int(text) if key == "epoch" else float(text)
+
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            required = set(METRICS_HEADER) - set(OPTIONAL_COLUMNS)
+            missing = required - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"no column {', '.join(sorted(missing))}")
+            return [{k: number(k, row.get(k)) for k in METRICS_HEADER} for row in reader]
+    except (OSError, ValueError, TypeError, csv.Error) as e:
+        raise CnnlabError(f"{path}: unreadable ({e}); "
+                          "retrain the run or move its folder away") from e
+
+
+class RunFolder:
+    """A training run on disk."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def claim(self, overwrite: bool) -> None:
+        """Refuse to start over an existing run unless `overwrite` says so."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CnnlabError(f"--out {self.path} is a file; choose a folder")
+        existing = [name for name in RUN_FILES if (self.path / name).exists()]
+        if existing and not overwrite:
+            raise CnnlabError(f"{self.path} already holds a run ({', '.join(existing)}); "
+                              "continue it with --resume, or replace it with --overwrite")
+        for name in existing:
+            (self.path / name).unlink()
+
+    def start(self, recipe: Recipe, device: torch.device, model_code: str | None) -> None:
+        """Create the folder with config.json and an empty metrics.csv."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CnnlabError(f"cannot create run folder {self.path}: {e.strerror}") from e
+        info = {
+            "recipe": recipe.to_dict(),
+            "model_code": model_code,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cnnlab": __version__,
+            "git_commit": git_commit(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command_line(),
+        }
+        atomic_write_text(self.config_path, json.dumps(info, indent=2) + "\n")
+        write_metrics(self.metrics_path, [])
+
+    def info(self) -> dict[str, Any]:
+        """config.json as saved."""
+        if not self.checkpoint.is_file() or not self.config_path.is_file():
+            raise CnnlabError(f"{self.path} is not a cnnlab run folder (needs config.json and "
+                              "last.pt); give the folder a training run wrote")
+        return self.read_info()
+
+    def read_info(self) -> dict[str, Any]:
+        try:
+            info = json.loads(self.config_path.read_text())
+            if not isinstance(info, dict) or ("recipe" not in info and "config" not in info):
+                raise ValueError("no recipe in it")
+            return info
+        except (OSError, ValueError) as e:
+            raise CnnlabError(f"{self.config_path}: unreadable ({e}); the run folder is "
+                              "damaged") from e
+
+    def rows(self) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics_path)
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        write_metrics(self.metrics_path, rows)
+
+    def epochs_done(self) -> int:
+        return len(self.rows()) if self.checkpoint.is_file() else 0
+
+    def write_plots(self, rows: list[dict[str, Any]], title: str) -> list[Path]:
+        """loss.png (train, validation and test loss per epoch, like the study's Figures
+        1–5) and accuracy.png."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        epochs = [r["epoch"] for r in rows]
+        paths = []
+        for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
+                                  ("accuracy.png", "acc", "accuracy (%)")):
+            scale = 100 if key == "acc" else 1
+            fig = Figure(figsize=(6, 4), dpi=110, layout="tight")
+            ax = fig.subplots()
+            for split, marker in (("train", "o-"), ("val", "^-"), ("test", "s-")):
+                values = [r.get(f"{split}_{key}") for r in rows]
+                if all(v is not None for v in values):
+                    ax.plot(epochs, [scale * v for v in values], marker, ms=3, label=split)
+            ax.set(title=f"{title}: {ylabel.split(' (')[0]}", xlabel="epoch", ylabel=ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend()
+            path = self.path / name
+            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png"))
+            paths.append(path)
+        return paths
