@@ -8,8 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from cnnlab.data import missing_files
+from cnnlab.data import load_datasets, missing_files
+from cnnlab.recipe import builtin
+from cnnlab.runs import RunFolder
+from cnnlab.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +69,17 @@ def one_line_error(capsys, argv: list[str]) -> str:
     assert captured.out == ""
     assert captured.err.startswith("cnnlab: error: ") and captured.err.count("\n") == 1
     return captured.err
+
+
+CPU = torch.device("cpu")
+
+
+def train_recipe(recipe, run_dir: Path, data_dir: Path, resume: bool = False, loggers=()):
+    """Train `recipe` on the real data into `run_dir`, as `cnnlab train` does."""
+    data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
+    return train(recipe, data, RunFolder(run_dir), CPU, resume=resume, loggers=loggers)
+
+
+def study_recipe(name: str, **overrides):
+    """A built-in recipe with top-level or dotted-key overrides."""
+    return builtin(name).with_overrides(overrides) if overrides else builtin(name)

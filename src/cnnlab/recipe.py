@@ -275,8 +275,9 @@ def from_record(data: dict[str, Any], source: str) -> Recipe:
     if "recipe" in data:
         return parse_recipe(data["recipe"], source)
     old = data["config"]
+    known = old["preset"] in list_builtin()
     return parse_recipe({
-        "name": old["preset"],
+        **(builtin(old["preset"]).to_dict() if known else {"name": old["preset"]}),
         "epochs": old["epochs"], "batch_size": old["batch_size"], "seed": old["seed"],
         "precision": "bf16" if old.get("bf16") else "fp32",
         "limit_train": old.get("limit_train"), "limit_test": old.get("limit_test"),
@@ -284,8 +285,6 @@ def from_record(data: dict[str, Any], source: str) -> Recipe:
         "optimizer": {"name": "adam", "lr": old["lr"]},
         "schedule": {"name": "step", "step_size": old["step_size"], "gamma": old["gamma"]},
         "augment": STUDY_AUGMENT if old["augment"] else [],
-        **({"study": builtin(old["preset"]).to_dict()["study"]}
-           if old["preset"] in list_builtin() else {}),
     }, source)
 
 
