@@ -80,6 +80,7 @@ def train_recipe(recipe, run_dir: Path, data_dir: Path, resume: bool = False, lo
     return train(recipe, data, RunFolder(run_dir), CPU, resume=resume, loggers=loggers)
 
 
-def study_recipe(name: str, **overrides):
+def study_recipe(builtin_name: str, **overrides):
     """A built-in recipe with top-level or dotted-key overrides."""
-    return builtin(name).with_overrides(overrides) if overrides else builtin(name)
+    recipe = builtin(builtin_name)
+    return recipe.with_overrides(overrides) if overrides else recipe

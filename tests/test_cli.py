@@ -1,11 +1,14 @@
 """The command line: real commands, one-line errors with exit status 2."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from cnnlab.cli import main
+from cnnlab.runs import read_metrics
 
 
 def run_cli(capsys, *argv):
@@ -21,7 +24,7 @@ def test_models_shows_exact_parameter_counts(capsys):
         assert count in out
 
 
-def test_presets_lists_the_study_runs(capsys):
+def test_presets_lists_the_study_recipes(capsys):
     code, out, _ = run_cli(capsys, "presets")
     assert code == 0
     for name in ("lenet", "alexnet", "custom", "custom_nobn", "custom_nobn_lr1e-3"):
@@ -29,22 +32,35 @@ def test_presets_lists_the_study_runs(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "resnet"], "unknown preset"),
-    (["train", "lenet", "--lr", "0"], "lr must be > 0"),
+    (["train", "resnet"], "unknown recipe 'resnet'"),
+    (["train", "lenet", "--lr", "0"], "--set: optimizer.lr = 0.0: must be > 0"),
     (["train", "lenet", "--lr", "abc"], "invalid float value"),
-    (["train", "lenet", "--epochs", "0"], "epochs must be >= 1"),
-    (["train", "lenet", "--batch-size", "0"], "batch size"),
-    (["train", "lenet", "--gamma", "0"], "gamma"),
-    (["train", "lenet", "--step-size", "0"], "step size"),
-    (["train", "lenet", "--limit-train", "0"], "limit-train"),
+    (["train", "lenet", "--epochs", "0"], "epochs = 0: must be ≥ 1"),
+    (["train", "lenet", "--batch-size", "0"], "batch_size = 0"),
+    (["train", "lenet", "--gamma", "0"], "schedule.gamma = 0.0: must be > 0"),
+    (["train", "lenet", "--step-size", "0"], "schedule.step_size = 0"),
+    (["train", "lenet", "--limit-train", "0"], "limit_train = 0"),
+    (["train", "lenet", "--val-split", "-1"], "split.val = -1"),
+    (["train", "lenet", "--set", "optimizer.lrr=1"],
+     "optimizer.lrr: unknown key; valid keys in optimizer: name, lr,"),
+    (["train", "lenet", "--set", "schedule.name=cosin"], "schedule.name = 'cosin': must be "
+     "one of constant, step, multistep, cosine, linear, onecycle"),
+    (["train", "lenet", "--set", "epochs"], "--set 'epochs': expected KEY=VALUE"),
+    (["train", "lenet", "--set", "epochs.x=1"], "epochs is not a table"),
+    (["train", "lenet", "--set", "model.args.width=2"],
+     "model.args.width: not an argument of model 'lenet'; valid: none"),
+    (["train", "lenet", "--model", "my_nets.py:Net"], "model code my_nets.py: no such file"),
+    (["train", "lenet", "--recipe", "x.toml"], "name a built-in recipe or give --recipe"),
+    (["train", "--recipe", "/nonexistent.toml"], "/nonexistent.toml: no such recipe file"),
     (["train", "lenet", "--device", "cuda"], "CUDA is not available"),
     (["train", "lenet", "--bogus"], "unrecognized arguments"),
-    (["train"], "name a preset"),
+    (["train", "lenet", "--log", "wandb"], "invalid choice: 'wandb'"),
+    (["train"], "name a recipe"),
+    (["recipe", "show", "nope"], "unknown recipe 'nope'"),
     (["train", "--resume", "/nonexistent"], "not a cnnlab run folder"),
     (["evaluate", "/nonexistent/last.pt"], "no such checkpoint"),
     (["frobnicate"], "invalid choice"),
     (["train", "lenet", "--threads", "0"], "--threads"),
-    (["train", "lenet", "--bf16", "--device", "cpu", "--limit-train", "64"], "needs a CUDA"),
     (["bench", "--models", "vgg"], "unknown model vgg"),
     (["bench", "--steps", "0"], "--steps and --repeats"),
 ])
@@ -77,11 +93,142 @@ def test_train_evaluate_and_refuse_to_overwrite(tmp_path, capsys, data_dir):
     assert (run / "last.pt").read_bytes() == before
 
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--lr", "0.1")
-    assert code == 2 and "lr (saved 0.005, given 0.1)" in err
+    assert code == 2 and "optimizer.lr (saved 0.005, given 0.1)" in err
 
 
 def test_console_script_exit_status(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cnnlab.cli", "train", "nope"],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("cnnlab: error: unknown preset")
+    assert result.stderr.strip().startswith("cnnlab: error: unknown recipe")
+
+
+def test_recipe_errors_name_the_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optimizer]\nname = "sgd"\nlearning_rate = 0.1\n')
+    code, _, err = run_cli(capsys, "train", "--recipe", str(bad))
+    assert code == 2 and err.count("\n") == 1
+    assert f"{bad}: optimizer.learning_rate: unknown key; valid keys in optimizer:" in err
+    bad.write_text("epochs = \n")
+    code, _, err = run_cli(capsys, "train", "--recipe", str(bad))
+    assert code == 2 and f"{bad}: not valid TOML" in err
+    bad.write_text('augment = [{ name = "flip", p = 2 }]\n')
+    code, _, err = run_cli(capsys, "train", "--recipe", str(bad))
+    assert code == 2 and f"{bad}: augment[0].p = 2.0: must be [0, 1]" in err
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet", "custom", "custom_nobn",
+                                  "custom_nobn_lr1e-3"])
+def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path, capsys, name):
+    from cnnlab.recipe import builtin, load_file
+
+    code, out, _ = run_cli(capsys, "recipe", "show", name)
+    assert code == 0
+    path = tmp_path / f"{name}.toml"
+    path.write_text(out)
+    assert load_file(path) == builtin(name)
+
+
+def test_recipe_keys_are_all_documented_in_the_readme(capsys):
+    """The README's recipe table is `cnnlab recipe keys`, so docs and code cannot drift."""
+    from pathlib import Path
+
+    code, out, _ = run_cli(capsys, "recipe", "keys")
+    assert code == 0
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert out.strip() in readme
+
+
+def test_the_example_recipe_trains_end_to_end(tmp_path, capsys, data_dir):
+    from pathlib import Path
+
+    example = Path(__file__).parents[1] / "examples/recipes/custom-sgd-onecycle.toml"
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "train", "--recipe", str(example), "--epochs", "2",
+                           "--set", "limit_train=512", "--limit-test", "200",
+                           "--set", "split.val=300", "--data-dir", str(data_dir),
+                           "--out", str(run), "--quiet")
+    assert code == 0 and "custom-sgd-onecycle: final test accuracy" in out
+    info = json.loads((run / "config.json").read_text())
+    recipe = info["recipe"]
+    assert recipe["optimizer"]["name"] == "sgd" and recipe["optimizer"]["nesterov"] is True
+    assert recipe["schedule"]["name"] == "onecycle" and recipe["average"]["name"] == "ema"
+    assert recipe["loss"]["label_smoothing"] == 0.1 and recipe["split"]["val"] == 300
+    assert [t["name"] for t in recipe["augment"]] == ["translate", "flip"]
+    rows = read_metrics(run / "metrics.csv")
+    assert len(rows) == 2 and all(r["val_acc"] is not None for r in rows)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["averaged"] is not None and int(state["averaged"]["n_averaged"]) == 2 * 4
+
+
+USER_NET = """
+import torch
+from torch import nn
+
+
+def tiny(width: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * width, 10))
+
+
+def wrong_shape() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 5))
+"""
+
+
+def test_a_users_own_network_trains_and_needs_its_code_named_to_load(tmp_path, capsys,
+                                                                     data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_nets.py").write_text(USER_NET)
+    args = ["--epochs", "1", "--limit-train", "256", "--limit-test", "100",
+            "--data-dir", str(data_dir), "--quiet"]
+    code, out, err = run_cli(capsys, "train", "lenet", "--model", "my_nets.py:tiny",
+                             "--set", "model.args={ width = 4 }", "--out", "run", *args)
+    assert code == 0, err
+    info = json.loads((tmp_path / "run/config.json").read_text())
+    assert info["recipe"]["model"] == {"name": "my_nets.py:tiny", "args": {"width": 4}}
+    assert info["model_code"] == "my_nets.py"
+
+    code, _, err = run_cli(capsys, "evaluate", "run", "--data-dir", str(data_dir))
+    assert code == 2 and "pass --model-code my_nets.py" in err and err.count("\n") == 1
+    code, out, _ = run_cli(capsys, "evaluate", "run", "--model-code", "my_nets.py",
+                           "--data-dir", str(data_dir), "--limit-test", "100")
+    assert code == 0 and "my_nets.py:tiny" in out
+
+    code, _, err = run_cli(capsys, "train", "lenet", "--model", "my_nets.py:wrong_shape",
+                           "--out", "run2", *args)
+    assert code == 2 and "it must return (2, 10) logits" in err
+    code, _, err = run_cli(capsys, "train", "lenet", "--model", "my_nets.py:missing",
+                           "--out", "run3", *args)
+    assert code == 2 and "my_nets.py has no callable 'missing'" in err
+
+
+def test_bf16_on_cpu_needs_amx(tmp_path, capsys, data_dir):
+    from cnnlab.device import cpu_has_amx_bf16
+
+    code, _, err = run_cli(capsys, "train", "lenet", "--precision", "bf16", "--device", "cpu",
+                           "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+                           "--data-dir", str(data_dir), "--out", str(tmp_path / "r"),
+                           "--quiet")
+    if cpu_has_amx_bf16():
+        assert code == 0, err
+    else:
+        assert code == 2 and "this CPU has no AMX-bf16 units" in err
+
+
+def test_tensorboard_logs_scalars_per_epoch_and_every_n_steps(tmp_path, capsys, data_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "lenet", "--epochs", "2", "--limit-train", "640",
+                           "--limit-test", "100", "--log", "tensorboard", "--log-every", "4",
+                           "--data-dir", str(data_dir), "--out", str(run), "--quiet")
+    assert code == 0, err
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "epoch/test_acc", "epoch/train_loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [4, 8, 12, 16, 20]  # 10 a epoch
+    rows = read_metrics(run / "metrics.csv")
+    assert [e.value for e in events.Scalars("epoch/test_acc")] == pytest.approx(
+        [r["test_acc"] for r in rows])

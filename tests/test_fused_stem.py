@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnlab.augment import train_batch
+from cnnlab.augment import Draws, Flip, Rotate, augment_batch
+from cnnlab.device import as_input, prepare_model
 from cnnlab.models import get_model
 from cnnlab.models.registry import plain_path
-from cnnlab.train import as_input, prepare_model
 
 
 def twins(name: str):
@@ -39,13 +39,17 @@ def test_outputs_and_every_gradient_match(name, train_mode, channels_last):
     torch.testing.assert_close(out_fused, out_plain, rtol=1e-4, atol=1e-5)
     out_fused.square().sum().backward()
     out_plain.square().sum().backward()
-    # Tolerance relative to the model's largest gradient: with BatchNorm in train mode the
-    # true gradients of conv2.bias and conv4.bias are zero (BN removes any per-channel
-    # shift), so both sides there hold only rounding noise.
+    # Absolute tolerance from the largest gradients: with BatchNorm in train mode the true
+    # gradients of conv2.bias and conv4.bias are zero (BN removes any per-channel shift), so
+    # both sides there hold only rounding noise; and float32 rounding through BN leaves a
+    # few conv4.weight entries 1.2e-4 × that tensor's largest gradient apart on an AVX2
+    # EPYC (its oneDNN kernels sum in another order than AVX-512 ones). Exactness itself is
+    # shown in float64 by test_training_steps_give_the_same_losses.
     scale = max(p.grad.abs().max().item() for p in plain.parameters())
     for (pname, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters(),
                                   strict=True):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5 * scale, msg=pname)
+        atol = max(1e-5 * scale, 5e-4 * b.grad.abs().max().item())
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=atol, msg=pname)
 
 
 def test_state_dicts_load_in_both_directions():
@@ -82,7 +86,8 @@ def test_training_steps_give_the_same_losses(data_dir):
         torch.manual_seed(0)
         losses[label] = []
         for index in torch.arange(len(data.labels)).split(32):
-            x = as_input(train_batch(data.images[index], generator).double(), model)
+            x = augment_batch(data.images[index], [Rotate(), Flip()], Draws(generator))
+            x = as_input(x.double(), model)
             loss = F.cross_entropy(model(x), data.labels[index])
             optimizer.zero_grad()
             loss.backward()

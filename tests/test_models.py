@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from cnnlab.device import as_input, memory_format, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.models import count_macs, count_parameters, get_model, list_models
 from cnnlab.models.custom import ConvolutionalNetwork
-from cnnlab.train import as_input, memory_format, prepare_model
 
 EXPECTED_PARAMETERS = {"lenet": 61_706, "alexnet": 2_780_298,
                        "custom": 4_458_826, "custom_nobn": 4_458_442}

@@ -14,17 +14,14 @@ from PIL import Image
 from cnnlab.cli import main
 from cnnlab.data import CLASSES, load_split
 from cnnlab.errors import CnnlabError
-from cnnlab.predict import load_image, predict, to_input
-from cnnlab.train import (
-    TrainConfig,
-    load_checkpoint,
-    model_from_checkpoint,
-    predict_logits,
-    train,
-)
-from conftest import one_line_error
+from cnnlab.inference import Predictor, load_image, to_input
+from conftest import one_line_error, study_recipe, train_recipe
 
 BOOT = CLASSES.index("Ankle boot")
+
+
+def predict(run_dir: Path, paths: list[Path], **options):
+    return Predictor.load(run_dir).predict(paths, **options)
 SIZE = (200, 200)
 
 
@@ -34,8 +31,8 @@ def run_dir(tmp_path_factory, data_dir: Path) -> Iterator[Path]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("lenet")
-    config = TrainConfig.from_preset("lenet", epochs=2, limit_train=10000, limit_test=1000)
-    train(config, folder, data_dir, torch.device("cpu"), quiet=True)
+    train_recipe(study_recipe("lenet", epochs=2, limit_train=10000, limit_test=1000), folder,
+                 data_dir)
     yield folder
     torch.set_num_threads(threads)
 
@@ -44,8 +41,7 @@ def run_dir(tmp_path_factory, data_dir: Path) -> Iterator[Path]:
 def boot(run_dir: Path, data_dir: Path) -> np.ndarray:
     """The test-set ankle boot the model is surest of: light on dark, 28×28 uint8."""
     test = load_split(data_dir, "test").head(1000)
-    model = model_from_checkpoint(load_checkpoint(run_dir), run_dir)
-    probs = predict_logits(model, test.images).softmax(1)[:, BOOT]
+    probs = Predictor.load(run_dir).logits(test.images).softmax(1)[:, BOOT]
     probs[test.labels != BOOT] = 0
     best = int(probs.argmax())
     assert probs[best] > 0.9, "the model should recognise at least one boot with confidence"
@@ -172,3 +168,19 @@ def test_decompression_bomb_limit_is_kept(boot_jpeg, monkeypatch, limit: int) ->
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(CnnlabError, match="too large"):
         load_image(boot_jpeg)
+
+
+def test_the_predictor_takes_bytes_pil_images_and_tensors(run_dir, boot_jpeg, drawing,
+                                                          boot) -> None:
+    predictor = Predictor.load(run_dir)
+    results = predictor.predict([boot_jpeg.read_bytes(), drawing, torch.from_numpy(boot)],
+                                names=["upload", "drawing", "tensor"])
+    assert [r.image for r in results] == ["upload", "drawing", "tensor"]
+    assert [r.top[0][0] for r in results] == ["Ankle boot"] * 3
+    assert [r.inverted for r in results] == [True, True, False]
+    with pytest.raises(CnnlabError, match="empty"):
+        predictor.predict([b""])
+    with pytest.raises(CnnlabError, match="is not an image"):
+        predictor.predict([b"GIF89a not really"])
+    with pytest.raises(CnnlabError, match="uint8 of shape 28×28"):
+        predictor.predict([torch.zeros(3, 3)])

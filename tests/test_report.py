@@ -16,20 +16,22 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.models import count_macs, count_parameters, get_model
+from cnnlab.recipe import builtin
 from cnnlab.report import SECTIONS, build_report
-from cnnlab.train import TrainConfig, train
-from conftest import one_line_error
+from cnnlab.train import Logger
+from conftest import one_line_error, study_recipe, train_recipe
 
 PNG = b"\x89PNG\r\n\x1a\n"
 COMMAND = "cnnlab report STUDY --data-dir DATA"
 
 
 class StopAfterOneEpoch(Exception):
-    """Raised from on_epoch to leave a run incomplete, as an interrupted run would be."""
+    """Raised after the first epoch to leave a run incomplete, as an interrupted run would be."""
 
 
-def stop(_row: dict[str, float]) -> None:
-    raise StopAfterOneEpoch
+class Stop(Logger):
+    def log_epoch(self, row: dict[str, float]) -> None:
+        raise StopAfterOneEpoch
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +46,19 @@ def one_thread():
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, one_thread, data_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("study")
-    cpu = torch.device("cpu")
     for seed in (0, 1):
-        config = TrainConfig.from_preset("lenet", epochs=2, limit_train=2000, limit_test=500,
-                                         seed=seed)
-        train(config, root / "runs" / f"lenet-seed{seed}", data_dir, cpu, quiet=True)
-    config = TrainConfig.from_preset("custom_nobn", epochs=2, limit_train=500, limit_test=200)
+        recipe = study_recipe("lenet", epochs=2, limit_train=2000, limit_test=500, seed=seed)
+        train_recipe(recipe, root / "runs" / f"lenet-seed{seed}", data_dir)
+    recipe = study_recipe("custom_nobn", epochs=2, limit_train=500, limit_test=200)
     with pytest.raises(StopAfterOneEpoch):
-        train(config, root / "runs" / "custom_nobn-seed0", data_dir, cpu, quiet=True,
-              on_epoch=stop)
+        train_recipe(recipe, root / "runs" / "custom_nobn-seed0", data_dir, loggers=[Stop()])
     build_report(root, data_dir, COMMAND)
     return root
 
 
 def read_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
 
 
 def section(markdown: str, heading: str) -> str:
@@ -111,7 +110,7 @@ def test_figures_are_pngs_and_html_is_self_contained(study: Path) -> None:
 
 def test_results_table_matches_metrics(study: Path) -> None:
     table = parse_table(section((study / "REPORT.md").read_text(), SECTIONS[0]))
-    rows = {row["preset"]: row for row in table}
+    rows = {row["recipe"]: row for row in table}
     assert list(rows) == ["lenet", "custom_nobn"]
     for preset, seeds, study_pct in (("lenet", [0, 1], 89.9), ("custom_nobn", [0], 86.9)):
         row = rows[preset]
@@ -165,10 +164,9 @@ def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[fl
     """A run folder written by hand (no last.pt), for numbers chosen by the test."""
     folder = root / "runs" / f"{preset}-seed{seed}"
     folder.mkdir(parents=True)
-    config = {"preset": preset, "model": preset.split("_lr")[0], "epochs": len(acc),
-              "seed": seed, "limit_train": None, "limit_test": None}
+    recipe = builtin(preset).with_overrides({"epochs": len(acc), "seed": seed}).to_dict()
     folder.joinpath("config.json").write_text(json.dumps(
-        {"config": config, "device": "cuda", "threads": 8, "torch": "2.5.0", "cnnlab": "0.1.0",
+        {"recipe": recipe, "device": "cuda", "threads": 8, "torch": "2.5.0", "cnnlab": "0.1.0",
          "git_commit": "abc", "started": "2025-01-01T00:00:00+00:00", "command": "x"}))
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -191,7 +189,7 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["report", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[:2] == [f"wrote {tmp_path / 'REPORT.md'}", f"wrote {tmp_path / 'report.html'}"]
-    assert out[2].split()[:3] == ["preset", "seeds", "final"]  # the results table follows
+    assert out[2].split()[:3] == ["recipe", "seeds", "final"]  # the results table follows
     markdown = (tmp_path / "REPORT.md").read_text()
     text = " ".join(section(markdown, SECTIONS[2]).split())
     assert "Best final test accuracy: custom with 93.20%" in text
@@ -255,3 +253,21 @@ def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
     assert f"custom_nobn {np.diff([0.5, 0.9, 0.4]).std(ddof=1):.4f}" in text
     assert ("1 of 2 custom_nobn runs did not learn (chance-level accuracy: custom_nobn-seed1); "
             "the runs that did reached 88.00% on average.") in text
+
+
+def test_runs_of_any_recipe_are_grouped_by_recipe_name(tmp_path: Path, data_dir: Path) -> None:
+    """A recipe that is not one of the study's: its own group, an empty study column, and
+    no notes about missing study recipes."""
+    recipe = study_recipe("lenet", epochs=1, limit_train=500, limit_test=100,
+                          name="lenet-sgd", **{"optimizer.name": "sgd", "optimizer.lr": 0.1,
+                                               "study.accuracy": None,
+                                               "study.tolerance": None})
+    for seed in (0, 1):
+        train_recipe(recipe.with_overrides({"seed": seed}), tmp_path / f"runs/mine-{seed}",
+                     data_dir)
+    build_report(tmp_path, data_dir, COMMAND)
+    markdown = (tmp_path / "REPORT.md").read_text()
+    [row] = parse_table(section(markdown, SECTIONS[0]))
+    assert row["recipe"] == "lenet-sgd" and row["seeds"] == "0, 1"
+    assert row["study (%)"] == "" and row["Δ (points)"] == ""
+    assert "no run of this study recipe" not in markdown

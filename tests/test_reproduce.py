@@ -7,7 +7,9 @@ import cnnlab.reproduce
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
 from cnnlab.reproduce import plan, reproduce
-from cnnlab.train import read_metrics, train
+from cnnlab.runs import read_metrics
+from cnnlab.train import Logger
+from conftest import train_recipe
 
 TINY = {"epochs": 2, "limit_train": 400, "limit_test": 200}
 
@@ -24,13 +26,13 @@ def test_reproduce_trains_skips_and_resumes(tmp_path, data_dir, tiny, capsys):
     # An interrupted run: Ctrl-C right after its first epoch was saved.
     interrupted = runs[2]
 
-    def interrupt(row):
-        raise KeyboardInterrupt
+    class Interrupt(Logger):
+        def log_epoch(self, row):
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted.config, interrupted.run_dir, data_dir, torch.device("cpu"),
-              quiet=True, on_epoch=interrupt)
-    assert interrupted.epochs_done() == 1
+        train_recipe(interrupted.recipe, interrupted.run.path, data_dir, loggers=[Interrupt()])
+    assert interrupted.run.epochs_done() == 1
 
     reproduce(["lenet", "custom_nobn"], [0, 1], tmp_path, data_dir, torch.device("cpu"),
               quick=True, quiet=True)
@@ -38,13 +40,14 @@ def test_reproduce_trains_skips_and_resumes(tmp_path, data_dir, tiny, capsys):
     assert "[run 3/4 custom_nobn-seed0] resuming after epoch 1" in err
     assert "reproduction ETA" in err
     for run in runs:
-        assert len(read_metrics(run.run_dir / "metrics.csv")) == 2, run.name
+        assert len(read_metrics(run.run.metrics_path)) == 2, run.name
+        assert (run.run.path / "loss.png").is_file() and (run.run.path / "accuracy.png").is_file()
 
-    stamps = {r.name: (r.run_dir / "last.pt").stat().st_mtime_ns for r in runs}
+    stamps = {r.name: r.run.checkpoint.stat().st_mtime_ns for r in runs}
     reproduce(["lenet", "custom_nobn"], [0, 1], tmp_path, data_dir, torch.device("cpu"),
               quick=True, quiet=True)
     assert "finished earlier, skipped" in capsys.readouterr().err
-    assert stamps == {r.name: (r.run_dir / "last.pt").stat().st_mtime_ns for r in runs}
+    assert stamps == {r.name: r.run.checkpoint.stat().st_mtime_ns for r in runs}
 
 
 def test_reproduce_refuses_a_folder_with_other_settings(tmp_path, data_dir, tiny):
@@ -66,7 +69,7 @@ def test_reproduce_quick_command_writes_the_report(tmp_path, data_dir, tiny, cap
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["reproduce", "--runs", "lenet,vgg"], "unknown preset vgg"),
+    (["reproduce", "--runs", "lenet,vgg"], "unknown recipe vgg"),
     (["reproduce", "--seeds", "a,b"], "--seeds wants integers"),
 ])
 def test_reproduce_bad_options(capsys, argv, message):

@@ -8,26 +8,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cnnlab.train
+import cnnlab.parts
+from cnnlab.checkpoint import load_checkpoint
 from cnnlab.data import parse_idx
 from cnnlab.errors import CnnlabError
-from cnnlab.train import (
-    TrainConfig,
-    load_checkpoint,
-    model_from_checkpoint,
-    read_metrics,
-    train,
-)
-from conftest import computed, idx_bytes
-
-CPU = torch.device("cpu")
+from cnnlab.inference import Predictor
+from cnnlab.runs import read_metrics
+from conftest import computed, idx_bytes, study_recipe, train_recipe
 
 
 def cli(*args: str) -> list[str]:
@@ -85,15 +78,16 @@ def test_a_second_ctrl_c_aborts_at_once_and_keeps_the_checkpoint(tmp_path, data_
 SAVE_LOOP = """
 import sys, torch
 from pathlib import Path
+from cnnlab.checkpoint import save_checkpoint
 from cnnlab.models import get_model
-from cnnlab.train import TrainConfig, save_checkpoint
+from cnnlab.parts import build_parts
+from cnnlab.recipe import builtin
+recipe = builtin("custom")
 model = get_model("custom")
-opt = torch.optim.Adam(model.parameters())
-model(torch.zeros(2, 1, 28, 28)).sum().backward(); opt.step()
-sched = torch.optim.lr_scheduler.StepLR(opt, 5)
-config = TrainConfig.from_preset("custom")
+parts = build_parts(recipe, model, torch.device("cpu"), 10)
+model(torch.zeros(2, 1, 28, 28)).sum().backward(); parts.optimizer.step()
 for epoch in range(1, 1000):
-    save_checkpoint(Path(sys.argv[1]), model, opt, sched, epoch, config, [])
+    save_checkpoint(Path(sys.argv[1]), parts.state_dict(), epoch, recipe, [])
     print(epoch, flush=True)
 """
 
@@ -109,43 +103,42 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path)
         proc.wait()
         state = load_checkpoint(path)
         assert state["epoch"] >= 1
-        assert model_from_checkpoint(state, path) is not None
+        assert Predictor.load(path).recipe.name == "custom"
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir,
                                                                   monkeypatch):
-    real = cnnlab.train.F.cross_entropy
+    real = cnnlab.parts.F.cross_entropy
     calls = {"n": 0}
 
-    def poisoned(logits, labels):
+    def poisoned(logits, labels, **kwargs):
         calls["n"] += 1
-        loss = real(logits, labels)
+        loss = real(logits, labels, **kwargs)
         # Training steps of epoch 1 (8 batches of 32), then 1 evaluation call: poison
         # the 3rd training step of epoch 2.
         return loss * float("nan") if calls["n"] == 8 + 1 + 3 else loss
 
-    monkeypatch.setattr(cnnlab.train.F, "cross_entropy", poisoned)
-    config = TrainConfig.from_preset("lenet", epochs=3, batch_size=32, limit_train=256,
-                                     limit_test=64)
+    monkeypatch.setattr(cnnlab.parts.F, "cross_entropy", poisoned)
+    recipe = study_recipe("lenet", epochs=3, batch_size=32, limit_train=256, limit_test=64)
     with pytest.raises(CnnlabError, match="loss became nan at epoch 2 step 3"):
-        train(config, tmp_path, data_dir, CPU, quiet=True)
+        train_recipe(recipe, tmp_path, data_dir)
     assert load_checkpoint(tmp_path)["epoch"] == 1
     assert len(read_metrics(tmp_path / "metrics.csv")) == 1
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path, data_dir,
                                                                monkeypatch):
-    config = TrainConfig.from_preset("lenet", epochs=2, limit_train=256, limit_test=64)
-    train(config, tmp_path, data_dir, CPU, quiet=True)
+    train_recipe(study_recipe("lenet", epochs=2, limit_train=256, limit_test=64), tmp_path,
+                 data_dir)
     before = (tmp_path / "last.pt").read_bytes()
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    config = TrainConfig.from_preset("lenet", epochs=3, limit_train=256, limit_test=64)
     with pytest.raises(CnnlabError, match="No space left on device"):
-        train(config, tmp_path / "other", data_dir, CPU, quiet=True)
+        train_recipe(study_recipe("lenet", epochs=3, limit_train=256, limit_test=64),
+                     tmp_path / "other", data_dir)
     assert (tmp_path / "last.pt").read_bytes() == before
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp files left
 
@@ -157,9 +150,9 @@ def test_read_only_output_folder_fails_before_training(tmp_path, data_dir, monke
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    config = TrainConfig.from_preset("lenet", epochs=1, limit_train=64, limit_test=64)
     with pytest.raises(CnnlabError, match="Read-only file system"):
-        train(config, tmp_path / "run", data_dir, CPU, quiet=True)
+        train_recipe(study_recipe("lenet", epochs=1, limit_train=64, limit_test=64),
+                     tmp_path / "run", data_dir)
 
 
 class Payload:
@@ -179,12 +172,13 @@ def test_checkpoint_carrying_code_is_refused(tmp_path):
 
 
 def test_checkpoint_of_another_architecture_and_truncated(tmp_path, data_dir):
-    config = TrainConfig.from_preset("lenet", epochs=1, limit_train=64, limit_test=64)
-    train(config, tmp_path, data_dir, CPU, quiet=True)
+    train_recipe(study_recipe("lenet", epochs=1, limit_train=64, limit_test=64), tmp_path,
+                 data_dir)
     state = load_checkpoint(tmp_path)
-    state["config"]["model"] = "alexnet"
+    state["recipe"]["model"]["name"] = "alexnet"
+    torch.save(state, tmp_path / "other.pt")
     with pytest.raises(CnnlabError, match="do not fit model 'alexnet'"):
-        model_from_checkpoint(state, Path("x.pt"))
+        Predictor.load(tmp_path / "other.pt")
     data = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CnnlabError, match="not a loadable cnnlab checkpoint"):
@@ -232,10 +226,11 @@ VALID_PNG = _png_bytes()
     st.integers(0, len(VALID_PNG)).map(lambda n: VALID_PNG[:n]),
 ))
 def test_image_loader_raises_only_its_own_error(tmp_path, data):
-    from cnnlab.predict import load_image, to_input
+    from cnnlab.inference import load_image, to_input
 
     path = tmp_path / "fuzz.png"
     path.write_bytes(data)
-    with contextlib.suppress(CnnlabError):
-        tensor, _ = to_input(load_image(path))
-        assert tensor.shape == (28, 28) and tensor.dtype == torch.uint8
+    for source in (path, data):  # a file, and the same bytes as an upload would bring them
+        with contextlib.suppress(CnnlabError):
+            tensor, _ = to_input(load_image(source))
+            assert tensor.shape == (28, 28) and tensor.dtype == torch.uint8

@@ -102,7 +102,7 @@ def _first_epoch_flips(seed: int, size: int, device: str) -> torch.Tensor:
 class AlternatingFlip:
     """The derandomized flip of the CIFAR-10 speed runs: each sample gets a fixed random
     flip from the seed in odd epochs and the opposite in even ones, so over any two epochs
-    every image is seen once each way. Needs the samples' training-set indices."""
+    every image is seen once each way."""
 
     NAME: ClassVar[str] = "alternating_flip"
 

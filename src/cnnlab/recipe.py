@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cnnlab.augment import STUDY_AUGMENT, parse_transforms
+from cnnlab.augment import STUDY_AUGMENT, TRANSFORMS, parse_transforms
 from cnnlab.errors import CnnlabError
 from cnnlab.models import is_user_code
 from cnnlab.models.registry import check_model_args, factory_of
@@ -336,10 +336,21 @@ def keys_table() -> str:
     """Every recipe key as a Markdown table (the README's recipe reference)."""
     rows = ["| key | type | default | valid values | meaning |",
             "| --- | --- | --- | --- | --- |"]
-    for name, tp, default, valid, doc in documented_keys(Recipe):
-        shown = "none" if default is None else _toml_value(to_dict(default))
-        rows.append(f"| `{name}` | {type_name(tp)} | `{shown}` | {valid} | {doc} |")
+    for name, tp, default, valid, doc in documented_keys(Recipe) + transform_keys():
+        shown = "—" if default is ... else "none" if default is None else \
+            f"`{_toml_value(to_dict(default))}`"
+        kind = "—" if default is ... else type_name(tp)
+        rows.append(f"| `{name}` | {kind} | {shown} | {valid} | {doc} |")
     return "\n".join(rows)
+
+
+def transform_keys() -> list[tuple[str, Any, Any, str, str]]:
+    """Rows for each augmentation transform: what it does, then each of its keys."""
+    rows = []
+    for cls in TRANSFORMS.values():
+        rows.append((f"augment: {cls.NAME}", None, ..., "", " ".join(cls.__doc__.split())))
+        rows += documented_keys(cls, f"augment: {cls.NAME}.")
+    return rows
 
 
 def flags() -> list[tuple[str, str, Any, str]]:
