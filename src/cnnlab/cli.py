@@ -27,7 +27,7 @@ from cnnlab.data import (
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
-from cnnlab.inference import load_image
+from cnnlab.inference import Predictor, format_json, format_text, load_image
 from cnnlab.models import count_macs, count_parameters, get_model, is_user_code, list_models
 from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
@@ -93,8 +93,8 @@ def cmd_recipe_keys(args: argparse.Namespace) -> None:
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe keys this command line sets: flags first, then --set in order."""
-    out = {path: getattr(args, dest(path)) for _, path, _, _ in recipes.flags()
-           if getattr(args, dest(path)) is not None}
+    out = {key.name: getattr(args, dest(key.name)) for key in recipes.flags()
+           if getattr(args, dest(key.name)) is not None}
     if args.augment is not None:
         out["augment"] = STUDY_AUGMENT if args.augment else []
     out.update(recipes.parse_assignments(args.set or []))
@@ -174,8 +174,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be >= 1 (got {args.batch_size})")
-    from cnnlab.inference import Predictor
-
     predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
                                args.model_code)
     test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
@@ -205,8 +203,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from cnnlab.inference import Predictor, format_json, format_text
-
     if not 1 <= args.top <= len(CLASSES):
         raise CnnlabError(f"--top must be between 1 and {len(CLASSES)} (got {args.top})")
     paths = [Path(p) for p in args.images]
@@ -303,8 +299,11 @@ def build_parser() -> Parser:
                    "(`cnnlab presets`)")
     p.add_argument("--recipe", dest="recipe_file", metavar="FILE",
                    help="your own recipe file (TOML; `cnnlab recipe show custom` prints one)")
-    for flag, path, tp, help_text in recipes.flags():
-        p.add_argument(flag, dest=dest(path), type=tp, help=f"{path}: {help_text}")
+    for key in recipes.flags():
+        valid = f" ({key.valid})" if key.valid else ""
+        p.add_argument(key.flag, dest=dest(key.name), type=key.value_type,
+                       metavar=key.name.rsplit(".", 1)[-1].upper(),
+                       help=f"{key.name}: {key.doc}{valid}")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="the study's rotation + flip on the training images, or none "
                    "(default: the recipe's augment list)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from cnnlab.spec import (
     NON_NEGATIVE,
     POSITIVE,
     Each,
+    KeyDoc,
     OneOf,
     Range,
     SpecError,
@@ -308,11 +309,11 @@ def _toml_value(value: Any) -> str:
 def to_toml(recipe: Recipe) -> str:
     """The whole recipe, every key with its value and a comment saying what it does."""
     data = recipe.to_dict()
-    docs = {row[0]: (row[4], row[3]) for row in documented_keys(Recipe)}
+    docs = {k.name: k for k in documented_keys(Recipe)}
 
     def line(path: str, name: str, value: Any) -> str:
-        doc, valid = docs.get(path, ("", ""))
-        comment = f"{doc} ({valid})" if valid else doc
+        key = docs[path]
+        comment = f"{key.doc} ({key.valid})" if key.valid else key.doc
         return f"{name} = {_toml_value(value)}" + (f"  # {comment}" if comment else "")
 
     top, tables = [], []
@@ -320,7 +321,7 @@ def to_toml(recipe: Recipe) -> str:
         value = data.get(f.name)
         if f.name == "augment":
             items = [_toml_value(item) for item in value]
-            top.append("# " + docs["augment"][0])
+            top.append("# " + docs["augment"].doc)
             top.append("augment = [" + "".join(f"\n  {item}," for item in items)
                        + ("\n]" if items else "]"))
         elif isinstance(getattr(recipe, f.name), (int, float, str, type(None))):
@@ -336,44 +337,23 @@ def keys_table() -> str:
     """Every recipe key as a Markdown table (the README's recipe reference)."""
     rows = ["| key | type | default | valid values | meaning |",
             "| --- | --- | --- | --- | --- |"]
-    for name, tp, default, valid, doc in documented_keys(Recipe) + transform_keys():
-        shown = "—" if default is ... else "none" if default is None else \
-            f"`{_toml_value(to_dict(default))}`"
-        kind = "—" if default is ... else type_name(tp)
-        rows.append(f"| `{name}` | {kind} | {shown} | {valid} | {doc} |")
+    for k in documented_keys(Recipe) + transform_keys():
+        shown = "—" if k.default is ... else "none" if k.default is None else \
+            f"`{_toml_value(to_dict(k.default))}`"
+        kind = "—" if k.default is ... else type_name(k.type)
+        rows.append(f"| `{k.name}` | {kind} | {shown} | {k.valid} | {k.doc} |")
     return "\n".join(rows)
 
 
-def transform_keys() -> list[tuple[str, Any, Any, str, str]]:
-    """Rows for each augmentation transform: what it does, then each of its keys."""
+def transform_keys() -> list[KeyDoc]:
+    """Each augmentation transform (what it does), then each of its keys."""
     rows = []
     for cls in TRANSFORMS.values():
-        rows.append((f"augment: {cls.NAME}", None, ..., "", " ".join(cls.__doc__.split())))
+        rows.append(KeyDoc(f"augment: {cls.NAME}", None, ..., "", " ".join(cls.__doc__.split())))
         rows += documented_keys(cls, f"augment: {cls.NAME}.")
     return rows
 
 
-def flags() -> list[tuple[str, str, Any, str]]:
-    """(flag, dotted key, type, help) of every key with a command-line flag."""
-    import typing
-
-    out = []
-
-    def walk(cls: type, prefix: str) -> None:
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            if is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            elif f.metadata.get("flag"):
-                tp = hints[f.name]
-                base = next((a for a in typing.get_args(tp) if a is not type(None)), tp)
-                check = f.metadata.get("check")
-                help_text = f.metadata["doc"] + (f" ({check})" if check else "")
-                out.append((f.metadata["flag"], f"{prefix}{f.name}", base, help_text))
-
-    walk(Recipe, "")
-    return out
-
-
-__all__ = ["Recipe", "builtin", "from_record", "keys_table", "list_builtin", "load_file",
-           "parse_assignments", "replace", "to_toml"]
+def flags() -> list[KeyDoc]:
+    """The keys that have a command-line flag of their own."""
+    return [k for k in documented_keys(Recipe) if k.flag]

@@ -180,8 +180,26 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def documented_keys(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str, str]]:
-    """(key, type, default, valid values, doc) for every key of `cls`, sections expanded."""
+@dataclass(frozen=True)
+class KeyDoc:
+    """One documented key: what `cnnlab recipe keys`, the TOML comments and the command-line
+    flags are made from."""
+
+    name: str
+    type: Any
+    default: Any
+    valid: str
+    doc: str
+    flag: str | None = None
+
+    @property
+    def value_type(self) -> Any:
+        """The type without its `| None`."""
+        return next((a for a in typing.get_args(self.type) if a is not type(None)), self.type)
+
+
+def documented_keys(cls: type, prefix: str = "") -> list[KeyDoc]:
+    """Every key of `cls`, its sections expanded into dotted names."""
     rows = []
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
@@ -190,6 +208,6 @@ def documented_keys(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, st
             rows += documented_keys(hints[f.name], f"{name}.")
             continue
         check = f.metadata.get("check")
-        rows.append((name, hints[f.name], default_of(f), str(check) if check else "",
-                     f.metadata["doc"]))
+        rows.append(KeyDoc(name, hints[f.name], default_of(f), str(check) if check else "",
+                           f.metadata["doc"], f.metadata.get("flag")))
     return rows
