@@ -10,7 +10,8 @@ import torch
 
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
-from cnnlab.recipe import Recipe, from_record
+from cnnlab.recipe import Recipe
+from cnnlab.runs import RunFolder
 
 FORMAT = "cnnlab-checkpoint-v2"
 # Written before recipes existed: a flat preset config, no averaged weights.
@@ -28,7 +29,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a cnnlab checkpoint safely: plain data and tensors only, never code."""
     path = Path(path)
     if path.is_dir():
-        path = path / "last.pt"
+        path = RunFolder(path).checkpoint
     if not path.is_file():
         raise CnnlabError(f"{path}: no such checkpoint; give a run folder or a .pt file")
     try:
@@ -43,10 +44,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker)")
     state.setdefault("averaged", None)
     return state
-
-
-def checkpoint_recipe(state: dict[str, Any], source: Path) -> Recipe:
-    return from_record(state, str(source))
 
 
 def inference_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -18,12 +18,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from cnnlab.augment import eval_batch
-from cnnlab.checkpoint import checkpoint_recipe, inference_weights, load_checkpoint
+from cnnlab.checkpoint import inference_weights, load_checkpoint
 from cnnlab.data import CLASSES, IMAGE_SIZE, ImageSet
 from cnnlab.device import as_input, eval_batch_size, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.recipe import Recipe
+from cnnlab.recipe import Recipe, from_record
 
 
 @dataclass
@@ -116,7 +116,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, flip: bool = False,
         x = as_input(eval_batch(chunk), model)
         logits = model(x)
         if flip:
-            logits = (logits + model(x.flip(-1))) / 2
+            logits = (logits + model(as_input(x.flip(-1), model))) / 2
         out.append(logits)
     return torch.cat(out)
 
@@ -137,7 +137,7 @@ class Predictor:
         weight average when it keeps one)."""
         source = Path(source)
         state = load_checkpoint(source)
-        recipe = checkpoint_recipe(state, source)
+        recipe = from_record(state, str(source))
         model = create_model(recipe.model.name, recipe.model.args, model_code)
         try:
             model.load_state_dict(inference_weights(state))

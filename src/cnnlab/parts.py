@@ -51,7 +51,8 @@ def make_optimizer(model: nn.Module, spec: OptimizerSpec,
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs: int,
                    steps_per_epoch: int) -> lr_scheduler.LRScheduler | None:
     """The recipe's schedule. step/multistep count epochs; cosine, linear and onecycle
-    count batches (`spec.per_step`). Per-group lr multipliers are kept by all of them."""
+    count batches (`spec.per_step`). Per-group lr multipliers are kept by all of them
+    (cosine's floor, final_lr_factor × lr, is one value for every group)."""
     total = epochs * steps_per_epoch
     if spec.name == "constant":
         return None
@@ -74,8 +75,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs:
                                                eta_min=spec.final_lr_factor * base_lr)
     else:  # linear
         decay = lr_scheduler.LinearLR(optimizer, start_factor=1.0,
-                                      end_factor=max(spec.final_lr_factor, 1e-8),
-                                      total_iters=decay_steps)
+                                      end_factor=spec.final_lr_factor, total_iters=decay_steps)
     if warmup == 0:
         return decay
     ramp = lr_scheduler.LinearLR(optimizer, start_factor=spec.warmup_factor, end_factor=1.0,

@@ -275,7 +275,14 @@ def from_record(data: dict[str, Any], source: str) -> Recipe:
     existed saved a flat preset config; it maps onto a recipe that computes the same."""
     if "recipe" in data:
         return parse_recipe(data["recipe"], source)
-    old = data["config"]
+    try:
+        return _from_preset_config(data["config"], source)
+    except (KeyError, TypeError) as e:
+        raise CnnlabError(f"{source}: an incomplete run config (no {e}); the run folder is "
+                          "damaged") from None
+
+
+def _from_preset_config(old: dict[str, Any], source: str) -> Recipe:
     known = old["preset"] in list_builtin()
     return parse_recipe({
         **(builtin(old["preset"]).to_dict() if known else {"name": old["preset"]}),

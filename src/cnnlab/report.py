@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -72,13 +71,8 @@ class Run:
 def read_run(path: Path) -> Run:
     """Parse one run folder; a damaged file is an error, never a silently wrong number."""
     folder = RunFolder(path)
-    try:
-        info = json.loads(folder.config_path.read_text())
-        recipe = from_record(info, str(folder.config_path))
-    except (OSError, ValueError, KeyError, TypeError, CnnlabError) as e:
-        raise CnnlabError(f"{folder.config_path}: unreadable or incomplete ({e}); "
-                          "retrain the run or move its folder out of runs/") from e
-    return Run(path, info, recipe, folder.rows())
+    info = folder.read_info()
+    return Run(path, info, from_record(info, str(folder.config_path)), folder.rows())
 
 
 def recipe_order(name: str) -> tuple[int, str]:
@@ -92,7 +86,7 @@ def load_runs(study_dir: Path) -> tuple[dict[str, list[Run]], list[str]]:
         raise CnnlabError(f"study folder {study_dir} does not exist; give the folder that "
                           "holds runs/<recipe>-seed<k>/")
     folders = sorted(p for p in (study_dir / "runs").glob("*/")
-                     if (p / "config.json").exists() or (p / "metrics.csv").exists())
+                     if RunFolder(p).config_path.exists() or RunFolder(p).metrics_path.exists())
     if not folders:
         raise CnnlabError(f"{study_dir / 'runs'} holds no run folders; train into it first, "
                           f"e.g. `cnnlab train lenet --seed 0 --out {study_dir}/runs/lenet-seed0`")
@@ -431,7 +425,7 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
     for recipe, runs in groups.items():
         run = runs[0]
         doc.heading(3, f"{recipe} ({run.path.name})")
-        checkpoint = run.path / "last.pt"
+        checkpoint = RunFolder(run.path).checkpoint
         if not checkpoint.is_file():
             doc.para(f"{run.path.name} has no last.pt, so this part is skipped.")
             continue
