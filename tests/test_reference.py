@@ -26,8 +26,9 @@ def test_rotation_direction_is_counter_clockwise():
     x = torch.zeros(1, 28, 28)
     x[0, 14, 26] = 1  # right of the centre
     out = rotate_image(x, 90.0)
-    rows, cols = torch.nonzero(out[0], as_tuple=True)
-    assert rows.item() < 4 and 12 <= cols.item() <= 15  # moved to the top
+    assert torch.equal(out, torch.rot90(x, 1, (-2, -1)))  # moved to the top: (1, 14)
+    assert out[0, 1, 14] == 1
+    assert torch.equal(rotate_image(x, -90.0), torch.rot90(x, -1, (-2, -1)))
 
 
 def test_test_images_are_only_scaled_and_normalized():
