@@ -179,8 +179,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
     loss, acc = predictor.evaluate(test_set, args.batch_size)
     recipe = predictor.recipe
-    print(f"{recipe.name} ({recipe.model.name}, epoch {predictor.epoch}): "
-          f"test accuracy {100 * acc:.2f}%, test loss {loss:.4f} on {len(test_set):,} images")
+    print(f"{recipe.name} ({recipe.model.name}, epoch {predictor.epoch}, "
+          f"{predictor.runtime}): test accuracy {100 * acc:.2f}%, test loss {loss:.4f} on "
+          f"{len(test_set):,} images")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cnnlab.export import export_onnx
+
+    if args.opset < 18:
+        raise CnnlabError(f"--opset must be >= 18, the oldest torch's exporter writes "
+                          f"(got {args.opset})")
+    out = Path(args.out)
+    metadata = export_onnx(Path(args.source), out, args.opset, args.model_code)
+    accuracy = metadata["test_accuracy"]
+    note = f", test accuracy {100 * float(accuracy):.2f}% when saved" if accuracy else ""
+    print(f"wrote {out} (opset {args.opset}, input uint8 images (batch, 28, 28), "
+          f"output logits{note})")
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -326,12 +341,21 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("evaluate", help="test loss and accuracy of a saved model",
                        parents=[common])
-    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     p.add_argument("--batch-size", type=int, help="default 128 on CPU, 1000 on CUDA")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
     p.add_argument("--model-code", metavar="FILE.py|MODULE",
                    help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a trained model as ONNX (uint8 images → logits)",
+                       parents=[common])
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
+    p.add_argument("--model-code", metavar="FILE.py|MODULE",
+                   help="the code of your own network, when the run used one")
+    p.set_defaults(run=cmd_export)
 
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
                    parents=[common]).set_defaults(run=cmd_download)

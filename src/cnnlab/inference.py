@@ -127,15 +127,20 @@ class Predictor:
     `cnnlab predict` and the report all go through it."""
 
     def __init__(self, model: nn.Module, flip: bool = False, recipe: Recipe | None = None,
-                 epoch: int | None = None) -> None:
-        self.model, self.flip, self.recipe, self.epoch = model, flip, recipe, epoch
+                 epoch: int | None = None, test_acc: float | None = None) -> None:
+        self.model, self.flip, self.recipe = model, flip, recipe
+        self.epoch, self.test_acc = epoch, test_acc  # as recorded when it was saved
 
     @classmethod
     def load(cls, source: Path, device: torch.device | None = None,
              model_code: str | None = None) -> Predictor:
-        """From a run folder or a checkpoint file; the recipe's reported weights (its
-        weight average when it keeps one)."""
+        """From a run folder, a checkpoint file (the recipe's reported weights: its weight
+        average when it keeps one) or an exported .onnx model (run by onnxruntime)."""
         source = Path(source)
+        if source.suffix == ".onnx":
+            from cnnlab.export import OnnxPredictor
+
+            return OnnxPredictor.load_onnx(source)
         state = load_checkpoint(source)
         recipe = from_record(state, str(source))
         model = create_model(recipe.model.name, recipe.model.args, model_code)
@@ -145,11 +150,17 @@ class Predictor:
             raise CnnlabError(f"{source}: its weights do not fit model {recipe.model.name!r} "
                               "(a checkpoint of another architecture?)") from e
         model = prepare_model(model, device or torch.device("cpu"))
-        return cls(model, recipe.evaluate.flip, recipe, state["epoch"])
+        metrics = state["metrics"]
+        return cls(model, recipe.evaluate.flip, recipe, state["epoch"],
+                   metrics[-1]["test_acc"] if metrics else None)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def runtime(self) -> str:
+        return "torch"
 
     def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
         return predict_logits(self.model, images.to(self.device), self.flip, batch_size)

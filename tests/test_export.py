@@ -1,0 +1,86 @@
+"""ONNX export: every registered architecture, run by onnxruntime on the full test set,
+predicts what cnnlab's PyTorch model predicts."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.cli import main
+from cnnlab.data import load_split
+from cnnlab.errors import CnnlabError
+from cnnlab.inference import Predictor
+from cnnlab.models import list_models
+from cnnlab.recipe import builtin
+from conftest import one_line_error, train_recipe
+
+
+def trained(tmp_path_factory, data_dir: Path, model: str, **overrides) -> Path:
+    """A model trained for one epoch on 1,000 images: distinct logits, a few seconds."""
+    recipe = builtin("custom").with_overrides({"model.name": model, "epochs": 1,
+                                               "limit_train": 1000, "limit_test": 100,
+                                               **overrides})
+    run = tmp_path_factory.mktemp(model)
+    train_recipe(recipe, run, data_dir)
+    return run
+
+
+@pytest.fixture(scope="module")
+def test_set(data_dir):
+    return load_split(data_dir, "test")
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_onnxruntime_matches_pytorch_on_the_whole_test_set(tmp_path_factory, data_dir,
+                                                           test_set, model, capsys):
+    run = trained(tmp_path_factory, data_dir, model)
+    out = run / "model.onnx"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.startswith(f"wrote {out}") and printed.out.count("\n") == 1
+    assert printed.err == ""
+    torch_logits = Predictor.load(run).logits(test_set.images)
+    onnx = Predictor.load(out)
+    assert onnx.runtime == "onnxruntime" and onnx.recipe == Predictor.load(run).recipe
+    onnx_logits = onnx.logits(test_set.images)
+    assert onnx_logits.shape == (10_000, 10)
+    assert torch.equal(onnx_logits.argmax(1), torch_logits.argmax(1))
+    torch.testing.assert_close(onnx_logits, torch_logits, rtol=0, atol=1e-4)
+
+
+def test_flip_averaging_and_metadata_travel_in_the_graph(tmp_path_factory, data_dir,
+                                                         test_set, capsys):
+    run = trained(tmp_path_factory, data_dir, "lenet", **{"evaluate.flip": True})
+    out = run / "lenet.onnx"
+    assert main(["export", str(run), "--out", str(out), "--opset", "20"]) == 0
+    import onnx
+
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert '"Ankle boot"' in meta["classes"] and meta["cnnlab_version"]
+    assert float(meta["test_accuracy"]) == pytest.approx(Predictor.load(run).test_acc)
+    assert {o.domain: o.version for o in proto.opset_import}[""] == 20
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    images = test_set.images[:500]
+    torch.testing.assert_close(Predictor.load(out).logits(images),
+                               Predictor.load(run).logits(images), rtol=0, atol=1e-4)
+    flipless = Predictor.load(run)
+    flipless.flip = False
+    assert not torch.allclose(flipless.logits(images), Predictor.load(out).logits(images))
+
+    assert main(["evaluate", str(out), "--data-dir", str(data_dir), "--limit-test", "500"]) == 0
+    assert "onnxruntime): test accuracy" in capsys.readouterr().out
+
+
+def test_export_errors_are_one_line(tmp_path, capsys):
+    assert "--opset must be >= 18" in one_line_error(
+        capsys, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx"), "--opset", "11"])
+    assert "name the file *.onnx" in one_line_error(
+        capsys, ["export", str(tmp_path), "--out", str(tmp_path / "m.txt")])
+    assert "no such checkpoint" in one_line_error(
+        capsys, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx")])
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert "not a loadable ONNX model" in one_line_error(
+        capsys, ["evaluate", str(tmp_path / "bad.onnx")])
+    with pytest.raises(CnnlabError, match="no such ONNX model"):
+        Predictor.load(tmp_path / "missing.onnx")
