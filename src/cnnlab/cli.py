@@ -198,6 +198,36 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"output logits{note})")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import ipaddress
+
+    from cnnlab.data import missing_files
+
+    try:
+        import multipart  # noqa: F401  (FastAPI's form parser)
+        import uvicorn  # noqa: F401
+
+        from cnnlab.serve import serve
+    except ImportError:
+        raise CnnlabError("cnnlab serve needs FastAPI, uvicorn and python-multipart: "
+                          "pip install 'cnnlab[serve]'") from None
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise CnnlabError(f"--host {args.host!r} is not an IP address or localhost") from None
+    if not loopback:
+        print(f"cnnlab: warning: serving on {args.host}, reachable from other machines; "
+              "the API has no authentication", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        raise CnnlabError(f"--port must be between 1 and 65535 (got {args.port})")
+    data_dir = resolve_data_dir(args.data_dir)
+    samples = None if missing_files(data_dir) else load_split(data_dir, "test")
+    print(f"serving {args.source} on http://{args.host}:{args.port}/ (API docs at /docs); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
+    serve(Path(args.source), args.host, args.port, samples, args.model_code)
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     data_dir = resolve_data_dir(args.data_dir)
     fetched = download(data_dir)
@@ -356,6 +386,16 @@ def build_parser() -> Parser:
     p.add_argument("--model-code", metavar="FILE.py|MODULE",
                    help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("serve", help="an HTTP API and a web page for a trained model",
+                       parents=[common])
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, "
+                   "this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    p.add_argument("--model-code", metavar="FILE.py|MODULE",
+                   help="the code of your own network, when the run used one")
+    p.set_defaults(run=cmd_serve)
 
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
                    parents=[common]).set_defaults(run=cmd_download)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class Prediction:
     image: str
     inverted: bool                 # whether a light background was turned dark
     top: list[tuple[str, float]]   # (class, probability), most likely first
+    input: torch.Tensor            # the uint8 28×28 image the model saw
 
 
 def load_image(source: Path | bytes, name: str | None = None) -> Image.Image:
@@ -195,11 +196,11 @@ class Predictor:
         images = torch.stack([tensor for tensor, _ in inputs])
         probabilities = self.logits(images).softmax(1).cpu()
         results = []
-        for name, (_, inverted), probs in zip(names, inputs, probabilities, strict=True):
+        for name, (seen, inverted), probs in zip(names, inputs, probabilities, strict=True):
             values, indices = probs.topk(top)
             results.append(Prediction(name, inverted, [
                 (CLASSES[i], p) for p, i in zip(values.tolist(), indices.tolist(),
-                                                strict=True)]))
+                                                strict=True)], seen))
         return results
 
 
@@ -212,6 +213,6 @@ def format_text(predictions: list[Prediction]) -> str:
 
 
 def format_json(predictions: list[Prediction]) -> str:
-    return json.dumps([{**asdict(p), "top": [{"class": name, "probability": prob}
-                                            for name, prob in p.top]}
+    return json.dumps([{"image": p.image, "inverted": p.inverted,
+                        "top": [{"class": name, "probability": prob} for name, prob in p.top]}
                        for p in predictions], indent=2)

@@ -1,0 +1,189 @@
+"""`cnnlab serve`: a trained model (run folder or .onnx) behind an HTTP API and a web page.
+
+FastAPI on uvicorn (`pip install 'cnnlab[serve]'`; the CLI says so when it is missing).
+Inference runs in worker threads, at most one per core, each with one torch thread, so
+requests do not queue behind each other and the cores are not oversubscribed. Bad input
+is a 4xx with a JSON error, never a 500.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from cnnlab.data import CLASSES, ImageSet
+from cnnlab.errors import CnnlabError
+from cnnlab.inference import Prediction, Predictor
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+MAX_PIXELS = 16_000_000   # a decoded picture larger than 4,000 × 4,000 is refused
+MAX_BATCH = 64
+PAGE = Path(__file__).with_name("serve_page.html")
+IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+class BadInput(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def prediction_json(p: Prediction, ms: float) -> dict[str, Any]:
+    return {"top": [{"class": name, "index": CLASSES.index(name), "probability": prob}
+                    for name, prob in p.top],
+            "inverted": p.inverted, "input": p.input.tolist(), "ms": ms}
+
+
+def create_app(predictor: Predictor, samples: ImageSet | None = None,
+               report: Path | None = None) -> FastAPI:
+    """The application: API, OpenAPI docs at /docs, and the page at /."""
+    app = FastAPI(title="cnnlab", description="Fashion-MNIST classifier trained with cnnlab")
+    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+    previous_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # load_image refuses anything larger
+    app.router.on_shutdown.append(lambda: setattr(Image, "MAX_IMAGE_PIXELS", previous_limit))
+
+    @app.exception_handler(BadInput)
+    async def bad_input(_request: Request, e: BadInput) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    async def body_of(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise BadInput(413, f"body of {int(declared):,} bytes is over the limit of "
+                           f"{MAX_BODY_BYTES:,}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BadInput(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
+        """(name, bytes) of each uploaded picture: multipart field(s), or the raw body."""
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("multipart/form-data"):
+            body = await body_of(request)
+            try:
+                form = await Request({**request.scope}, _replay(body)).form(
+                    max_files=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
+            except Exception as e:  # the multipart parser's own errors
+                raise BadInput(400, f"malformed multipart form ({e})") from None
+            files = [f for f in form.getlist(field) if hasattr(f, "read")]
+            if not files:
+                raise BadInput(400, f"the form has no file in field {field!r}")
+            return [(f.filename or field, await f.read()) for f in files]
+        if kind and not kind.startswith(IMAGE_TYPES):
+            raise BadInput(415, f"content type {kind!r}: send a picture (image/png, "
+                           "image/jpeg, …) as the body, or multipart/form-data")
+        return [("body", await body_of(request))]
+
+    async def predict(pictures: list[tuple[str, bytes]], top: int) -> list[dict[str, Any]]:
+        if not 1 <= top <= len(CLASSES):
+            raise BadInput(422, f"top must be between 1 and {len(CLASSES)} (got {top})")
+        if len(pictures) > MAX_BATCH:
+            raise BadInput(413, f"{len(pictures)} pictures; at most {MAX_BATCH} per request")
+
+        def run() -> tuple[list[Prediction], float]:
+            start = time.perf_counter()
+            try:
+                results = predictor.predict([data for _, data in pictures],
+                                            [name for name, _ in pictures], top=top)
+            except CnnlabError as e:
+                status = 413 if "too large" in str(e) else 422
+                raise BadInput(status, str(e)) from None
+            return results, 1000 * (time.perf_counter() - start)
+
+        results, ms = await anyio.to_thread.run_sync(run, limiter=limiter)
+        return [prediction_json(p, ms / len(results)) for p in results]
+
+    @app.post("/v1/predict", summary="classify one picture (multipart field `file`, or the "
+              "raw bytes as the body)")
+    async def predict_one(request: Request, top: int = 3) -> dict[str, Any]:
+        pictures = await uploads(request, "file")
+        if len(pictures) != 1:
+            raise BadInput(400, "one picture per request here; use /v1/predict/batch")
+        return (await predict(pictures, top))[0]
+
+    @app.post("/v1/predict/batch", summary="classify several pictures (multipart field "
+              "`files`, repeated)")
+    async def predict_batch(request: Request, top: int = 3) -> dict[str, Any]:
+        pictures = await uploads(request, "files")
+        results = await predict(pictures, top)
+        return {"predictions": [{"name": name, **r}
+                                for (name, _), r in zip(pictures, results, strict=True)]}
+
+    @app.get("/healthz")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model_info() -> dict[str, Any]:
+        recipe = predictor.recipe
+        return {"architecture": recipe.model.name, "recipe": recipe.to_dict(),
+                "test_accuracy": predictor.test_acc, "epoch": predictor.epoch,
+                "classes": list(CLASSES), "runtime": predictor.runtime,
+                "report": report is not None, "samples": 0 if samples is None else len(samples)}
+
+    @app.get("/v1/samples/{index}", summary="a test-set image as PNG; its class in the "
+             "X-Class header")
+    async def sample(index: int) -> Response:
+        if samples is None or not 0 <= index < len(samples):
+            raise BadInput(404, f"no sample {index}")
+        buffer = io.BytesIO()
+        Image.fromarray(samples.images[index].numpy(), mode="L").save(buffer, format="PNG")
+        label = CLASSES[int(samples.labels[index])]
+        return Response(buffer.getvalue(), media_type="image/png", headers={"X-Class": label})
+
+    @app.get("/report", include_in_schema=False)
+    async def report_page() -> Response:
+        if report is None:
+            raise BadInput(404, "this model's run has no report")
+        return FileResponse(report)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    return app
+
+
+def _replay(body: bytes):
+    """A `receive` that hands the already-read body to a second Request."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+    return receive
+
+
+def find_report(source: Path) -> Path | None:
+    """The report.html of the study folder a run folder sits in, if there is one."""
+    for folder in (source, *source.parents[:3]):
+        if (folder / "report.html").is_file():
+            return folder / "report.html"
+    return None
+
+
+def serve(source: Path, host: str, port: int, samples: ImageSet | None,
+          model_code: str | None = None) -> None:
+    import uvicorn
+
+    torch.set_num_threads(1)  # one per request thread; as many threads as cores
+    predictor = Predictor.load(source, torch.device("cpu"), model_code)
+    app = create_app(predictor, samples, find_report(source.resolve()))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

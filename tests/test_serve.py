@@ -1,0 +1,180 @@
+"""`cnnlab serve`: the API through FastAPI's test client, every bad input, a bounded load
+test on loopback, and the page."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cnnlab.data import CLASSES, load_split
+from cnnlab.inference import Predictor
+from cnnlab.serve import MAX_BODY_BYTES, create_app
+from conftest import study_recipe, train_recipe
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir) -> Path:
+    """LeNet, 2 epochs on 10,000 images."""
+    run = tmp_path_factory.mktemp("served")
+    train_recipe(study_recipe("lenet", epochs=2, limit_train=10000, limit_test=1000), run,
+                 data_dir)
+    return run
+
+
+@pytest.fixture(scope="module")
+def test_set(data_dir):
+    return load_split(data_dir, "test").head(200)
+
+
+@pytest.fixture(scope="module")
+def client(run_dir, test_set):
+    with TestClient(create_app(Predictor.load(run_dir), test_set)) as c:
+        yield c
+
+
+def png(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_predict_one_picture_as_raw_body_and_as_multipart(client, run_dir, test_set):
+    expected = Predictor.load(run_dir).logits(test_set.images[:1]).softmax(1)[0]
+    image = png(test_set.images[0].numpy())
+    raw = client.post("/v1/predict?top=5", content=image, headers={"content-type": "image/png"})
+    form = client.post("/v1/predict", files={"file": ("x.png", image, "image/png")})
+    for response, k in ((raw, 5), (form, 3)):
+        assert response.status_code == 200
+        body = response.json()
+        assert len(body["top"]) == k and body["inverted"] is False and body["ms"] > 0
+        first = body["top"][0]
+        assert first["index"] == int(expected.argmax())
+        assert first["class"] == CLASSES[first["index"]]
+        assert first["probability"] == pytest.approx(float(expected.max()), abs=1e-5)
+        assert torch.equal(torch.tensor(body["input"], dtype=torch.uint8), test_set.images[0])
+
+
+def test_batch_predicts_what_evaluate_predicts(client, run_dir, test_set):
+    files = [("files", (f"{i}.png", png(test_set.images[i].numpy()), "image/png"))
+             for i in range(20)]
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 200
+    got = [p["top"][0]["index"] for p in response.json()["predictions"]]
+    expected = Predictor.load(run_dir).logits(test_set.images[:20]).argmax(1).tolist()
+    assert got == expected
+    assert [p["name"] for p in response.json()["predictions"]] == [f"{i}.png" for i in range(20)]
+
+
+def test_model_health_samples_page_and_docs(client, run_dir, test_set):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info["architecture"] == "lenet" and info["runtime"] == "torch"
+    assert info["classes"] == list(CLASSES) and info["samples"] == 200
+    assert info["test_accuracy"] == pytest.approx(Predictor.load(run_dir).test_acc)
+    sample = client.get("/v1/samples/3")
+    assert sample.headers["x-class"] == CLASSES[int(test_set.labels[3])]
+    decoded = torch.from_numpy(np.asarray(Image.open(io.BytesIO(sample.content))))
+    assert torch.equal(decoded, test_set.images[3])
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="top1"' in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no outside assets
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def bomb() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buffer, format="PNG")  # 36 M pixels, a few KB
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("request_args, status, message", [
+    ({"content": b"x" * (MAX_BODY_BYTES + 1), "headers": {"content-type": "image/png"}},
+     413, "over the limit"),
+    ({"content": bomb(), "headers": {"content-type": "image/png"}}, 413, "too large"),
+    ({"content": png(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy())[:400],
+      "headers": {"content-type": "image/png"}}, 422, "truncated"),
+    ({"content": b"hello, not a picture", "headers": {"content-type": "image/png"}}, 422,
+     "not an image"),
+    ({"content": b"", "headers": {"content-type": "image/png"}}, 422, "empty"),
+    ({"content": b'{"a": 1}', "headers": {"content-type": "application/json"}}, 415,
+     "content type 'application/json'"),
+    ({"content": b"--xyz\r\nbroken", "headers": {
+        "content-type": "multipart/form-data; boundary=xyz"}}, 400, ""),
+    ({"files": {"other": ("x.png", b"1", "image/png")}}, 400, "no file in field 'file'"),
+])
+def test_bad_input_is_a_4xx_with_a_json_error(client, request_args, status, message):
+    response = client.post("/v1/predict", **request_args)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_bad_query_and_unknown_sample(client, test_set):
+    image = png(test_set.images[0].numpy())
+    response = client.post("/v1/predict?top=11", content=image,
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 422 and "top must be between 1 and 10" in response.text
+    assert client.get("/v1/samples/999").status_code == 404
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir):
+    """`cnnlab serve` on loopback: 8 clients, 200 requests, all 200 and correct, the
+    server healthy afterwards."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
+                             "--port", str(port), "--data-dir", str(data_dir)],
+                            stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "no server"
+                time.sleep(0.2)
+        expected = Predictor.load(run_dir).logits(test_set.images).argmax(1).tolist()
+        bodies = [png(x.numpy()) for x in test_set.images]
+
+        def ask(i: int) -> tuple[int, int]:
+            request = urllib.request.Request(f"{base}/v1/predict", data=bodies[i % 200],
+                                             headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())["top"][0]["index"]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(200)))
+        assert all(status == 200 for status, _ in answers)
+        assert [index for _, index in answers] == [expected[i % 200] for i in range(200)]
+        assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_binding_another_address_warns(capsys, run_dir):
+    from conftest import one_line_error
+
+    assert "--port must be between" in one_line_error(
+        capsys, ["serve", str(run_dir), "--port", "0"])
+    assert "--host 'nowhere'" in one_line_error(capsys, ["serve", str(run_dir), "--host",
+                                                         "nowhere", "--port", "0"])
