@@ -8,7 +8,7 @@ ifneq ($(wildcard ../shared/data/fashion-mnist),)
 export CNNLAB_DATA ?= $(abspath ../shared/data/fashion-mnist)
 endif
 
-.PHONY: setup demo test
+.PHONY: setup demo test browser
 
 $(BIN)/cnnlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ setup: $(BIN)/cnnlab
 demo: setup
 	$(BIN)/cnnlab reproduce --quick --out runs/demo
 
-test: setup
+# The web page's end-to-end test drives Debian's chromium through its chromedriver.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	   apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+test: setup browser
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest -q

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
-from cnnlab.serve import MAX_BODY_BYTES, create_app
+from cnnlab.serve import MAX_BODY_BYTES, create_app, load_test
 from conftest import study_recipe, train_recipe
 
 
@@ -135,12 +134,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir):
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir, runtime):
     """`cnnlab serve` on loopback: 8 clients, 200 requests, all 200 and correct, the
-    server healthy afterwards."""
+    server healthy afterwards; with either runtime."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
-                             "--port", str(port), "--data-dir", str(data_dir)],
+                             "--port", str(port), "--data-dir", str(data_dir),
+                             "--runtime", runtime],
                             stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -154,17 +155,11 @@ def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir
                 time.sleep(0.2)
         expected = Predictor.load(run_dir).logits(test_set.images).argmax(1).tolist()
         bodies = [png(x.numpy()) for x in test_set.images]
-
-        def ask(i: int) -> tuple[int, int]:
-            request = urllib.request.Request(f"{base}/v1/predict", data=bodies[i % 200],
-                                             headers={"Content-Type": "image/png"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())["top"][0]["index"]
-
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, range(200)))
-        assert all(status == 200 for status, _ in answers)
-        assert [index for _, index in answers] == [expected[i % 200] for i in range(200)]
+        result = load_test(base, bodies, expected, clients=8, requests=200)
+        assert result["wrong"] == 0 and result["requests"] == 200
+        model = json.loads(urllib.request.urlopen(f"{base}/v1/model", timeout=5).read())
+        assert model["runtime"] == runtime
+        assert result["p50_ms"] <= result["p99_ms"]
         assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
     finally:
         proc.terminate()
@@ -178,3 +173,65 @@ def test_binding_another_address_warns(capsys, run_dir):
         capsys, ["serve", str(run_dir), "--port", "0"])
     assert "--host 'nowhere'" in one_line_error(capsys, ["serve", str(run_dir), "--host",
                                                          "nowhere", "--port", "0"])
+
+
+def test_the_page_in_a_real_browser(run_dir, data_dir, test_set, tmp_path):
+    """Headless Debian chromium driven by Selenium: load the page, upload a test-set image,
+    read the predicted class from the page; a screenshot is kept as a test artifact."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.fail("needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (.ci/run does)")
+    index = 7
+    picture = tmp_path / "test-image.png"
+    picture.write_bytes(png(test_set.images[index].numpy()))
+    expected = CLASSES[int(Predictor.load(run_dir).logits(test_set.images[index:index + 1])
+                           .argmax(1))]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
+                               "--port", str(port), "--data-dir", str(data_dir)],
+                              stderr=subprocess.PIPE, text=True)
+    options = Options()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1100,800"):
+        options.add_argument(flag)
+    browser = None
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "no server"
+                time.sleep(0.2)
+        browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+        wait = WebDriverWait(browser, 30)
+        browser.get(f"{base}/")
+        wait.until(lambda b: "epoch" in b.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "file").send_keys(str(picture))
+        wait.until(lambda b: b.find_element(By.ID, "top1").text != "—")
+        assert browser.find_element(By.ID, "top1").text == expected
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#top tr")) == 3
+        artifacts = Path(__file__).parents[1] / "test-artifacts"
+        artifacts.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(artifacts / "serve-page.png"))
+
+        browser.find_element(By.ID, "sample").click()
+        wait.until(lambda b: b.find_element(By.ID, "truth").text.startswith("test image"))
+        assert browser.find_element(By.ID, "error").text == ""
+    finally:
+        if browser is not None:
+            browser.quit()
+        server.terminate()
+        server.wait(timeout=30)

@@ -225,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     samples = None if missing_files(data_dir) else load_split(data_dir, "test")
     print(f"serving {args.source} on http://{args.host}:{args.port}/ (API docs at /docs); "
           "Ctrl-C stops", file=sys.stderr, flush=True)
-    serve(Path(args.source), args.host, args.port, samples, args.model_code)
+    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -393,6 +393,8 @@ def build_parser() -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, "
                    "this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="auto: onnxruntime when installed (measured faster), else torch")
     p.add_argument("--model-code", metavar="FILE.py|MODULE",
                    help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_serve)
