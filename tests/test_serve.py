@@ -83,7 +83,7 @@ def test_model_health_samples_page_and_docs(client, run_dir, test_set):
     assert info["test_accuracy"] == pytest.approx(Predictor.load(run_dir).test_acc)
     sample = client.get("/v1/samples/3")
     assert sample.headers["x-class"] == CLASSES[int(test_set.labels[3])]
-    decoded = torch.from_numpy(np.asarray(Image.open(io.BytesIO(sample.content))))
+    decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(sample.content))))
     assert torch.equal(decoded, test_set.images[3])
     page = client.get("/")
     assert page.status_code == 200 and 'id="top1"' in page.text

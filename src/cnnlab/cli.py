@@ -204,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from cnnlab.data import missing_files
 
     try:
-        import multipart  # noqa: F401  (FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn  # noqa: F401
 
         from cnnlab.serve import serve
