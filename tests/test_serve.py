@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -134,15 +136,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir, runtime):
-    """`cnnlab serve` on loopback: 8 clients, 200 requests, all 200 and correct, the
-    server healthy afterwards; with either runtime."""
+@contextmanager
+def served(run_dir: Path, data_dir: Path, runtime: str = "auto") -> Iterator[str]:
+    """`cnnlab serve` in a subprocess on a free loopback port; yields its base URL once it
+    answers /healthz, and stops it afterwards."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
-                             "--port", str(port), "--data-dir", str(data_dir),
-                             "--runtime", runtime],
-                            stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
+                               "--port", str(port), "--data-dir", str(data_dir),
+                               "--runtime", runtime], stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -151,19 +152,27 @@ def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir
                 urllib.request.urlopen(f"{base}/healthz", timeout=1)
                 break
             except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "no server"
+                assert time.monotonic() < deadline and server.poll() is None, "no server"
                 time.sleep(0.2)
-        expected = Predictor.load(run_dir).logits(test_set.images).argmax(1).tolist()
-        bodies = [png(x.numpy()) for x in test_set.images]
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir, runtime):
+    """`cnnlab serve` on loopback: 8 clients, 200 requests, all 200 and correct, the
+    server healthy afterwards; with either runtime."""
+    expected = Predictor.load(run_dir).logits(test_set.images).argmax(1).tolist()
+    bodies = [png(x.numpy()) for x in test_set.images]
+    with served(run_dir, data_dir, runtime) as base:
         result = load_test(base, bodies, expected, clients=8, requests=200)
         assert result["wrong"] == 0 and result["requests"] == 200
+        assert result["p50_ms"] <= result["p99_ms"]
         model = json.loads(urllib.request.urlopen(f"{base}/v1/model", timeout=5).read())
         assert model["runtime"] == runtime
-        assert result["p50_ms"] <= result["p99_ms"]
         assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_binding_another_address_warns(capsys, run_dir):
@@ -189,49 +198,35 @@ def test_the_page_in_a_real_browser(run_dir, data_dir, test_set, tmp_path):
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):
         pytest.fail("needs Debian's chromium and chromium-driver: "
-                    "apt-get install chromium chromium-driver (.ci/run does)")
+                    "apt-get install chromium chromium-driver (make test does)")
     index = 7
     picture = tmp_path / "test-image.png"
     picture.write_bytes(png(test_set.images[index].numpy()))
     expected = CLASSES[int(Predictor.load(run_dir).logits(test_set.images[index:index + 1])
                            .argmax(1))]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
-                               "--port", str(port), "--data-dir", str(data_dir)],
-                              stderr=subprocess.PIPE, text=True)
     options = Options()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1100,800"):
         options.add_argument(flag)
     browser = None
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.2)
-        browser = webdriver.Chrome(service=Service(chromedriver), options=options)
-        wait = WebDriverWait(browser, 30)
-        browser.get(f"{base}/")
-        wait.until(lambda b: "epoch" in b.find_element(By.ID, "model").text)
-        browser.find_element(By.ID, "file").send_keys(str(picture))
-        wait.until(lambda b: b.find_element(By.ID, "top1").text != "—")
-        assert browser.find_element(By.ID, "top1").text == expected
-        assert len(browser.find_elements(By.CSS_SELECTOR, "#top tr")) == 3
-        artifacts = Path(__file__).parents[1] / "test-artifacts"
-        artifacts.mkdir(exist_ok=True)
-        assert browser.save_screenshot(str(artifacts / "serve-page.png"))
+    with served(run_dir, data_dir) as base:
+        try:
+            browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+            wait = WebDriverWait(browser, 30)
+            browser.get(f"{base}/")
+            wait.until(lambda b: "epoch" in b.find_element(By.ID, "model").text)
+            browser.find_element(By.ID, "file").send_keys(str(picture))
+            wait.until(lambda b: b.find_element(By.ID, "top1").text != "—")
+            assert browser.find_element(By.ID, "top1").text == expected
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#top tr")) == 3
+            artifacts = Path(__file__).parents[1] / "test-artifacts"
+            artifacts.mkdir(exist_ok=True)
+            assert browser.save_screenshot(str(artifacts / "serve-page.png"))
 
-        browser.find_element(By.ID, "sample").click()
-        wait.until(lambda b: b.find_element(By.ID, "truth").text.startswith("test image"))
-        assert browser.find_element(By.ID, "error").text == ""
-    finally:
-        if browser is not None:
-            browser.quit()
-        server.terminate()
-        server.wait(timeout=30)
+            browser.find_element(By.ID, "sample").click()
+            wait.until(lambda b: b.find_element(By.ID, "truth").text.startswith("test image"))
+            assert browser.find_element(By.ID, "error").text == ""
+        finally:
+            if browser is not None:
+                browser.quit()

@@ -320,6 +320,11 @@ def build_parser() -> Parser:
     common.add_argument("--threads", type=int, help="CPU threads for torch")
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
+    # Loading a run that used a user's own network: the user names its code again.
+    user_code = Parser(add_help=False)
+    user_code.add_argument("--model-code", metavar="FILE.py|MODULE",
+                           help="the code of your own network, when the run used one")
+
     parser = Parser(prog="cnnlab", description="Reproduce, and go beyond, a study of "
                     "convolutional networks on Fashion-MNIST.")
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
@@ -339,7 +344,7 @@ def build_parser() -> Parser:
     recipe_sub.add_parser("keys", help="every recipe key: type, default, valid values",
                           parents=[common]).set_defaults(run=cmd_recipe_keys)
 
-    p = sub.add_parser("train", help="train a recipe", parents=[common])
+    p = sub.add_parser("train", help="train a recipe", parents=[common, user_code])
     p.add_argument("name", nargs="?", metavar="RECIPE", help="a built-in recipe "
                    "(`cnnlab presets`)")
     p.add_argument("--recipe", dest="recipe_file", metavar="FILE",
@@ -356,8 +361,6 @@ def build_parser() -> Parser:
                    help="set any recipe key or run option, e.g. --set optimizer.lr=0.01, "
                    "--set schedule.name=cosine, --set epochs=3 (repeatable; see "
                    "`cnnlab recipe keys`)")
-    p.add_argument("--model-code", metavar="FILE.py|MODULE",
-                   help="the code of your own network, to resume a run that uses it")
     p.add_argument("--log", action="append", choices=["tensorboard"],
                    help="also log to TensorBoard (RUN_DIR/tensorboard; needs "
                    "`pip install 'cnnlab[tensorboard]'`)")
@@ -370,33 +373,27 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("evaluate", help="test loss and accuracy of a saved model",
-                       parents=[common])
+                       parents=[common, user_code])
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     p.add_argument("--batch-size", type=int, help="default 128 on CPU, 1000 on CUDA")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
-    p.add_argument("--model-code", metavar="FILE.py|MODULE",
-                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a trained model as ONNX (uint8 images → logits)",
-                       parents=[common])
+                       parents=[common, user_code])
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
-    p.add_argument("--model-code", metavar="FILE.py|MODULE",
-                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("serve", help="an HTTP API and a web page for a trained model",
-                       parents=[common])
+                       parents=[common, user_code])
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, "
                    "this machine only)")
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="auto: onnxruntime when installed (measured faster), else torch")
-    p.add_argument("--model-code", metavar="FILE.py|MODULE",
-                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_serve)
 
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
@@ -431,7 +428,7 @@ def build_parser() -> Parser:
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",
-                       parents=[common])
+                       parents=[common, user_code])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR|FILE",
                    help="a run folder (uses its last.pt) or a .pt file")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -441,8 +438,6 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--top", type=int, default=3, metavar="K",
                    help="how many classes to show (default 3)")
-    p.add_argument("--model-code", metavar="FILE.py|MODULE",
-                   help="the code of your own network, when the run used one")
     p.set_defaults(run=cmd_predict)
     return parser
 
