@@ -232,3 +232,15 @@ def test_tensorboard_logs_scalars_per_epoch_and_every_n_steps(tmp_path, capsys, 
     rows = read_metrics(run / "metrics.csv")
     assert [e.value for e in events.Scalars("epoch/test_acc")] == pytest.approx(
         [r["test_acc"] for r in rows])
+
+
+def test_recipe_show_takes_a_file_too(tmp_path, capsys):
+    from pathlib import Path
+
+    from cnnlab.recipe import load_file
+
+    example = Path(__file__).parents[1] / "examples/recipes/custom-sgd-onecycle.toml"
+    code, out, _ = run_cli(capsys, "recipe", "show", str(example))
+    assert code == 0 and 'name = "custom-sgd-onecycle"' in out
+    (tmp_path / "copy.toml").write_text(out)
+    assert load_file(tmp_path / "copy.toml") == load_file(example)
