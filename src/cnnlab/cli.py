@@ -15,7 +15,6 @@ import torch
 from cnnlab import __version__
 from cnnlab import recipe as recipes
 from cnnlab.data import (
-    CLASSES,
     SHA256,
     download,
     ensure_data,
@@ -248,8 +247,6 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    if not 1 <= args.top <= len(CLASSES):
-        raise CnnlabError(f"--top must be between 1 and {len(CLASSES)} (got {args.top})")
     paths = [Path(p) for p in args.images]
     pictures = [load_image(p) for p in paths]  # every picture is checked before loading
     predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
-from cnnlab.augment import MEAN, STD
+from cnnlab.augment import eval_batch
 from cnnlab.data import CLASSES, IMAGE_SIZE
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
@@ -63,7 +63,7 @@ class ImagesToLogits(nn.Module):
         self.model, self.flip = model, flip
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.unsqueeze(1).float() / 255.0 - MEAN) / STD
+        x = eval_batch(images)  # the preprocessing cnnlab trains and evaluates with
         logits = self.model(x)
         if self.flip:
             logits = (logits + self.model(x.flip(-1))) / 2
