@@ -528,3 +528,67 @@ def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, P
     atomic_write_text(md_path, "\n".join(doc.md))
     atomic_write_text(html_path, doc.render_html(title))
     return md_path, html_path
+
+
+# --------------------------------------------------------------------------- search sweeps
+
+def search_figure(trials: list[dict[str, Any]], log_params: dict[str, bool],
+                  metric: str) -> Figure:
+    """The objective against each searched parameter; pruned trials hollow."""
+    fig = Figure(figsize=(4.2 * len(log_params), 3.6), dpi=110, layout="constrained")
+    axes = fig.subplots(1, len(log_params), squeeze=False)[0]
+    scale = 100 if metric.endswith("acc") else 1
+    for ax, (key, log) in zip(axes, log_params.items(), strict=True):
+        for state, style in (("COMPLETE", {"color": "C0"}),
+                             ("PRUNED", {"facecolors": "none", "edgecolors": "C1"})):
+            chosen = [t for t in trials if t["state"] == state and t["value"] is not None]
+            ax.scatter([t["params"][key] for t in chosen],
+                       [scale * t["value"] for t in chosen], label=state.lower(), **style)
+        if log:
+            ax.set_xscale("log")
+        finish(ax, key, f"{metric}{' (%)' if scale == 100 else ''}")
+    return fig
+
+
+def build_search_report(sweep_dir: Path, name: str, trials: list[dict[str, Any]],
+                        log_params: dict[str, bool], importances: dict[str, float] | None,
+                        metric: str, direction: str, command: str) -> tuple[Path, Path]:
+    """SWEEP.md and sweep.html of a search: best trials, the objective against each
+    parameter, parameter importances."""
+    figures_dir = sweep_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    doc = Document(figures_dir)
+    title = f"Sweep {name}: search"
+    doc.heading(1, title)
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    complete = sorted((t for t in trials if t["state"] == "COMPLETE"),
+                      key=lambda t: t["value"], reverse=direction == "maximize")
+    counts = ", ".join(f"{sum(t['state'] == s for t in trials)} {s.lower()}"
+                       for s in sorted({t["state"] for t in trials}))
+    doc.para(f"{len(trials)} trials ({counts}). The objective, {metric}, is measured on the "
+             "validation split at the final epoch (pruned trials: at the epoch they were "
+             "stopped); the test set plays no part in the choice.")
+    doc.heading(2, "Best trials")
+    doc.table(["trial", metric, *log_params, "epochs", "run folder"],
+              [[str(t["trial"]), f"{t['value']:.4f}",
+                *(f"{t['params'][k]:.4g}" if isinstance(t["params"][k], float)
+                  else str(t["params"][k]) for k in log_params),
+                str(t["epochs"]), t["run"] or ""] for t in complete[:10]])
+    if finished:
+        doc.heading(2, "The objective against each parameter")
+        doc.figure("search-params.png", search_figure(finished, log_params, metric),
+                   f"{metric} against each searched parameter (hollow: pruned)")
+    doc.heading(2, "Parameter importances")
+    if importances:
+        doc.table(["parameter", "importance"],
+                  [[k, f"{v:.3f}"] for k, v in importances.items()])
+        doc.para("PED-ANOVA importances (Optuna): how much each parameter's distribution "
+                 "differs between the best trials and all trials.")
+    else:
+        doc.para("Not enough finished trials to estimate importances.")
+    doc.heading(2, "Command")
+    doc.code(command)
+    md_path, html_path = sweep_dir / "SWEEP.md", sweep_dir / "sweep.html"
+    atomic_write_text(md_path, "\n".join(doc.md))
+    atomic_write_text(html_path, doc.render_html(title))
+    return md_path, html_path
