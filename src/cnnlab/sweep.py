@@ -87,7 +87,8 @@ def open_storage(url: str, heartbeat: int = 20) -> Any:
 
     try:
         return optuna.storages.RDBStorage(
-            url.replace("postgresql://", "postgresql+psycopg://", 1), engine_kwargs={"pool_pre_ping": True},
+            url.replace("postgresql://", "postgresql+psycopg://", 1),
+            engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                 max_retry=MAX_RETRIES, inherit_intermediate_values=True))

@@ -1,0 +1,214 @@
+"""The sweep engine on real storages: a journal file and a real PostgreSQL server, real worker
+processes, real training runs (tiny ones), a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cnnlab.cli import main
+from cnnlab.runs import read_metrics
+from cnnlab.sweep import open_storage
+from conftest import REPO, one_line_error
+
+TINY = ["--set", "limit_train=1500", "--set", "limit_test=200"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server: $CNNLAB_TEST_POSTGRES (set by .ci/run), else started here."""
+    url = os.environ.get("CNNLAB_TEST_POSTGRES")
+    if not url:
+        out = subprocess.run([str(REPO / ".ci/postgres"), "start"], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            pytest.fail(f"could not start PostgreSQL with .ci/postgres start: {out.stderr}")
+        url = out.stdout.strip()
+    return url
+
+
+@pytest.fixture(params=["journal", "postgres"])
+def storage(request, tmp_path: Path) -> str:
+    if request.param == "journal":
+        yield str(tmp_path / "sweep.journal")
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    storage = open_storage(url)
+    for name in optuna.get_all_study_names(storage):
+        if name.startswith(f"test-{os.getpid()}-"):
+            optuna.delete_study(study_name=name, storage=storage)
+
+
+def study_name() -> str:
+    return f"test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def cli(*argv: str, **kwargs) -> subprocess.Popen:
+    """`cnnlab ARGV` in a process of its own, as a user would start it."""
+    return subprocess.Popen([sys.executable, "-m", "cnnlab.cli", *argv], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def status(name: str, storage: str, runs_root: Path) -> list[dict]:
+    return json.loads(finish(cli("sweep", "status", name, "--storage", storage,
+                                 "--runs-root", str(runs_root), "--json")))
+
+
+def test_two_workers_run_a_grid_exactly_once(storage: str, tmp_path: Path, data_dir: Path):
+    name, root = study_name(), tmp_path / "runs"
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--grid", "optimizer.lr=0.001,0.002 seed=0..1", "--set", "epochs=2",
+                 *TINY]) == 0
+    out = finish(cli("sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+                     "--workers", "2", "--data-dir", str(data_dir)))
+    trials = status(name, storage, root)
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 4, out
+    folders = sorted(p.name for p in (root / name / "runs").iterdir())
+    assert folders == ["lenet-lr0.001-seed0", "lenet-lr0.001-seed1", "lenet-lr0.002-seed0",
+                       "lenet-lr0.002-seed1"]
+    assert sorted((t["params"]["optimizer.lr"], t["params"]["seed"]) for t in trials) == [
+        (0.001, 0), (0.001, 1), (0.002, 0), (0.002, 1)]
+    assert len({t["host"] for t in trials}) == 2, "both workers took trials"
+    for t in trials:
+        rows = read_metrics(Path(t["run"]) / "metrics.csv")
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert t["value"] == pytest.approx(rows[-1]["test_acc"])
+        config = json.loads((Path(t["run"]) / "config.json").read_text())
+        assert config["threads"] == 1  # 2 cores / 2 workers
+        assert config["recipe"]["optimizer"]["lr"] == t["params"]["optimizer.lr"]
+
+
+def test_a_killed_worker_s_trial_is_requeued_and_continues(storage: str, tmp_path: Path,
+                                                            data_dir: Path):
+    name, root = study_name(), tmp_path / "runs"
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--grid", "optimizer.lr=0.001,0.002 seed=0..1", "--set", "epochs=4",
+                 *TINY]) == 0
+    work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+            "--data-dir", str(data_dir), "--heartbeat", "1"]
+    victim = cli(*work)
+    first = root / name / "runs" / "lenet-lr0.001-seed0"
+    deadline = time.monotonic() + 120
+    while not (first / "last.pt").exists() or len(read_metrics(first / "metrics.csv")) < 1:
+        assert victim.poll() is None and time.monotonic() < deadline, victim.stdout.read()
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    before = read_metrics(first / "metrics.csv")
+    assert 1 <= len(before) < 4, "killed in mid-trial"
+    assert [t["state"] for t in status(name, storage, root)][0] == "RUNNING"
+
+    out = finish(cli(*work, "--workers", "2"))
+    trials = status(name, storage, root)
+    assert sorted(t["state"] for t in trials) == ["COMPLETE"] * 4 + ["FAIL"], out
+    retry = next(t for t in trials if t["retry_of"] == 0)
+    assert retry["state"] == "COMPLETE" and retry["run"] == str(first)
+    assert f"{retry['trial']} lenet-lr0.001-seed0: resuming after epoch {len(before)}" in out
+    after = read_metrics(first / "metrics.csv")
+    assert [r["epoch"] for r in after] == [1, 2, 3, 4]
+    assert after[:len(before)] == before, "the finished epochs were kept, not retrained"
+    assert len(list((root / name / "runs").iterdir())) == 4
+
+
+def test_a_search_prunes_a_bad_learning_rate_range(tmp_path: Path, data_dir: Path, capsys):
+    storage, root, name = str(tmp_path / "s.journal"), tmp_path / "runs", "lr"
+    # lr from 1e-4 (slow) to 10 (diverges); the sampler's seed 6 draws both kinds among the
+    # first five trials, which the median pruner needs before it prunes.
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--param", "optimizer.lr=log:1e-4:10", "--trials", "10", "--pruner",
+                 "median", "--seed", "6", "--set", "epochs=3", "--set", "split.val=1000",
+                 "--set", "limit_train=3000", "--set", "limit_test=200"]) == 0
+    assert main(["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+                 "--data-dir", str(data_dir)]) == 0
+    trials = status(name, storage, root)
+    pruned = [t for t in trials if t["state"] == "PRUNED"]
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    assert pruned and len(pruned) + len(complete) == 10
+    for t in pruned:  # stopped early, folder kept
+        assert 1 <= t["epochs"] < 3 and (Path(t["run"]) / "last.pt").is_file()
+        assert t["value"] < 0.3
+    best = max(complete, key=lambda t: t["value"])
+    assert best["value"] > 0.4 and 1e-3 < best["params"]["optimizer.lr"] < 0.1
+    rows = read_metrics(Path(best["run"]) / "metrics.csv")
+    assert best["value"] == pytest.approx(rows[-1]["val_acc"])  # chosen on validation
+
+    capsys.readouterr()
+    assert main(["sweep", "report", name, "--storage", storage, "--runs-root", str(root)]) == 0
+    report = (root / name / "SWEEP.md").read_text()
+    assert f"| {best['trial']} | {best['value']:.4f} |" in report
+    assert "| optimizer.lr | 1.000 |" in report
+    assert (root / name / "figures" / "search-params.png").stat().st_size > 10_000
+
+
+def test_reproduce_with_workers_continues_a_sequential_reproduction(tmp_path: Path,
+                                                                   data_dir: Path):
+    out = tmp_path / "study"
+    quick = ["reproduce", "--runs", "lenet", "--quick", "--out", str(out), "--data-dir",
+             str(data_dir), "--quiet"]
+    assert main([*quick, "--seeds", "0"]) == 0
+    seed0 = (out / "runs/lenet-seed0/metrics.csv").read_text()
+    log = finish(cli(*quick, "--seeds", "0,1", "--workers", "2"))
+    assert "lenet-seed0: finished earlier" in log and "lenet-seed1: starting" in log
+    assert (out / "runs/lenet-seed0/metrics.csv").read_text() == seed0
+    assert len(read_metrics(out / "runs/lenet-seed1/metrics.csv")) == 3
+    assert "| lenet | 0, 1 |" in (out / "REPORT.md").read_text()
+
+
+def test_storage_and_definition_errors_are_one_line(postgres_url: str, tmp_path: Path, capsys):
+    journal = str(tmp_path / "j.journal")
+    wrong_password = postgres_url.replace(":cnnlab-test@", ":wrong@")
+    assert "password authentication failed" in one_line_error(
+        capsys, ["sweep", "status", "x", "--storage", wrong_password])
+    assert "wrong" not in one_line_error(capsys, ["sweep", "status", "x", "--storage",
+                                                  wrong_password])
+    unreachable = postgres_url.replace(":5432/", ":1/")
+    assert "cannot connect" in one_line_error(
+        capsys, ["sweep", "status", "x", "--storage", unreachable])
+    assert "no sweep named 'nope'" in one_line_error(
+        capsys, ["sweep", "status", "nope", "--storage", postgres_url])
+    assert "SQLite" in one_line_error(capsys, ["sweep", "status", "x", "--storage",
+                                               f"sqlite:///{tmp_path}/x.db"])
+    for argv, expected in [
+        (["--grid", "seed=0..x", "--recipe", "lenet"], "a range is two integers"),
+        (["--grid", "seed", "--recipe", "lenet"], "expected KEY=V1,V2"),
+        (["--grid", "seed=0..2"], "say which recipe"),
+        (["--grid", "recipe=lenet,nope"], "unknown recipe 'nope'"),
+        (["--grid", "recipe=lenet optimizer.lrr=0.1"], "optimizer.lrr: unknown key"),
+        (["--recipe", "lenet", "--param", "optimizer.lr=log:0:1"], "LOW > 0"),
+        (["--recipe", "lenet", "--param", "optimizer.lr=lug:1:2"], "expected float:LOW:HIGH"),
+        (["--recipe", "lenet", "--param", "optimizer.lr"], "expected KEY=KIND"),
+        (["--recipe", "lenet", "--param", "optimizer.lr=log:1e-4:1e-2"], "validation split"),
+        (["--recipe", "lenet", "--param", "optimizer.lr=log:1e-4:1e-2", "--set",
+          "split.val=100", "--pruner", "sometimes"], "--pruner sometimes"),
+    ]:
+        assert expected in one_line_error(capsys, ["sweep", "create", "x", "--storage",
+                                                   journal, *argv])
+    assert main(["sweep", "create", "x", "--storage", journal, "--grid", "recipe=lenet"]) == 0
+    assert "already exists" in one_line_error(
+        capsys, ["sweep", "create", "x", "--storage", journal, "--grid", "recipe=lenet"])
+
+
+def test_without_optuna_the_sweep_says_how_to_install_it(tmp_path: Path):
+    blocker = tmp_path / "optuna.py"
+    blocker.write_text("raise ImportError('not installed')\n")
+    proc = cli("sweep", "status", "x", env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 2
+    assert out.strip() == ("cnnlab: error: cnnlab sweep needs Optuna; install it with "
+                           "pip install 'cnnlab[sweep]'")
