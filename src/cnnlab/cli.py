@@ -299,7 +299,10 @@ def cmd_sweep_create(args: argparse.Namespace) -> None:
             raise CnnlabError("say which recipe: a recipe=… key in --grid, or --recipe NAME")
         if "recipe" in grid and args.recipe:
             raise CnnlabError("--grid has recipe=…; drop --recipe")
-        spec = sweep.grid_spec(grid, {str(n): named_recipe(str(n)) for n in names}, fixed)
+        loaded = [named_recipe(str(n)) for n in names]
+        if "recipe" in grid:  # files stand in the grid by their recipe's name
+            grid["recipe"] = [r.name for r in loaded]
+        spec = sweep.grid_spec(grid, {r.name: r for r in loaded}, fixed)
     else:
         if not args.recipe:
             raise CnnlabError("a search needs --recipe NAME|FILE and --param KEY=KIND:…; "

@@ -358,6 +358,7 @@ def process_token(pid: int) -> str | None:
 @dataclass
 class Worker:
     study: Any
+    storage: Any  # the study's storage, where trials are taken and requeued
     spec: SweepSpec
     sweep_dir: Path
     data_dir: Path
@@ -395,7 +396,7 @@ class Worker:
     def pop(self) -> int | None:
         """Take one waiting trial (never create one: the queue is the whole sweep)."""
         optuna = import_optuna()
-        storage, TrialState = self.study._storage, optuna.trial.TrialState
+        storage, TrialState = self.storage, optuna.trial.TrialState
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             try:
                 if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
@@ -408,7 +409,7 @@ class Worker:
         """Requeue the trials of dead workers: by heartbeat on a database; on a journal
         file (one machine, no heartbeats) by whether the worker's process still lives."""
         optuna = import_optuna()
-        if isinstance(self.study._storage, optuna.storages.RDBStorage):
+        if isinstance(self.storage, optuna.storages.RDBStorage):
             optuna.storages.fail_stale_trials(self.study)
             return
         for trial in self.study.get_trials(deepcopy=False,
@@ -421,19 +422,19 @@ class Worker:
                 self.requeue(trial._trial_id, "its worker never started it")
                 continue
             host, pid, token = worker
-            if host == self.host and (pid == self.pid or process_token(pid) == token):
-                continue  # ours, or alive
+            if host == self.host and process_token(pid) == token:
+                continue  # alive
             self.requeue(trial._trial_id, f"worker {host}:{pid} is gone")
 
     def requeue(self, trial_id: int, why: str) -> None:
         optuna = import_optuna()
         try:
-            if not self.study._storage.set_trial_state_values(
+            if not self.storage.set_trial_state_values(
                     trial_id, state=optuna.trial.TrialState.FAIL):
                 return
         except optuna.exceptions.UpdateFinishedTrialError:
             return  # another worker got there first
-        frozen = self.study._storage.get_trial(trial_id)
+        frozen = self.storage.get_trial(trial_id)
         self.say(f"trial {frozen.number} requeued: {why}")
         optuna.storages.RetryHeartbeatStaleTrialCallback(
             max_retry=MAX_RETRIES, inherit_intermediate_values=True)(self.study, frozen)
@@ -467,7 +468,7 @@ class Worker:
     def heartbeat(self, trial_id: int) -> Iterator[None]:
         """Record the trial's heartbeat in a thread while it runs (databases only)."""
         optuna = import_optuna()
-        storage = self.study._storage
+        storage = self.storage
         if not isinstance(storage, optuna.storages.RDBStorage):
             yield
             return
@@ -540,11 +541,12 @@ class TrialLogger(Logger):
 def work(name: str, storage_url: str, sweep_dir: Path, data_dir: Path, device: torch.device,
          heartbeat: int, model_code: str | None = None) -> int:
     """One worker in this process; returns how many trials it ran."""
-    study, spec = load(name, open_storage(storage_url, heartbeat))
+    storage = open_storage(storage_url, heartbeat)
+    study, spec = load(name, storage)
     if spec.seed is not None:
         study.sampler = import_optuna().samplers.TPESampler(seed=spec.seed)
     study.pruner = spec.make_pruner()
-    worker = Worker(study, spec, sweep_dir, data_dir, device, model_code,
+    worker = Worker(study, storage, spec, sweep_dir, data_dir, device, model_code,
                     poll=min(2.0, heartbeat))
     worker.say(f"sweep {name}: {torch.get_num_threads()} threads, runs in {sweep_dir}")
     return worker.run()

@@ -1,0 +1,63 @@
+"""One worker with 2 threads against two workers with 1 thread each, on the same small grid.
+
+Run from the repository root: `python results/sweeps/workers/measure.py`. Each round creates
+a fresh sweep (lenet and custom, seeds 0-3, 2 epochs on 4,000 training images) for each
+layout, alternating the layouts, and times `cnnlab sweep work` end to end (process start,
+data loading, training, evaluation, bookkeeping). Writes workers.json beside this file.
+"""
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE / "runs"
+STORAGE = str(HERE / "optuna.journal")
+GRID = "recipe=lenet,custom seed=0..3"
+SETTINGS = ["--set", "epochs=2", "--set", "limit_train=4000", "--set", "limit_test=2000"]
+LAYOUTS = {"1 worker x 2 threads": ["--workers", "1", "--threads", "2"],
+           "2 workers x 1 thread": ["--workers", "2"]}
+ROUNDS = 2
+
+
+def cnnlab(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], check=True,
+                   stderr=subprocess.DEVNULL)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main() -> None:
+    shutil.rmtree(ROOT, ignore_errors=True)
+    Path(STORAGE).unlink(missing_ok=True)
+    results = []
+    for round_ in range(ROUNDS):
+        for label, flags in LAYOUTS.items():
+            name = f"r{round_}-{flags[1]}w"
+            cnnlab("sweep", "create", name, "--storage", STORAGE, "--grid", GRID, *SETTINGS)
+            start = time.perf_counter()
+            cnnlab("sweep", "work", name, "--storage", STORAGE, "--runs-root", str(ROOT),
+                   *flags)
+            wall = time.perf_counter() - start
+            images = 0
+            for metrics in (ROOT / name / "runs").glob("*/metrics.csv"):
+                images += 4000 * (len(metrics.read_text().splitlines()) - 1)
+            results.append({"layout": label, "round": round_, "wall_s": round(wall, 1),
+                            "train_images": images, "img_per_s": round(images / wall, 1)})
+            print(json.dumps(results[-1]), flush=True)
+    out = {"cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)),
+           "grid": GRID, "settings": SETTINGS, "results": results}
+    (HERE / "workers.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
