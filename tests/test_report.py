@@ -141,7 +141,7 @@ def test_results_table_matches_metrics(study: Path) -> None:
 
 def test_ablation_skipped_with_one_variant(study: Path) -> None:
     text = section((study / "REPORT.md").read_text(), SECTIONS[2])
-    assert "Skipped: needs at least two of" in text
+    assert "Comparison skipped: needs at least two of" in text
     assert not (study / "figures" / "bn-ablation.png").exists()
 
 
@@ -251,8 +251,20 @@ def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
     assert "custom_nobn (49.00%)" in text  # the mean still includes the collapsed run
     # volatility from the run that learned only: the collapsed run's flat loss is left out
     assert f"custom_nobn {np.diff([0.5, 0.9, 0.4]).std(ddof=1):.4f}" in text
-    assert ("1 of 2 custom_nobn runs did not learn (chance-level accuracy: custom_nobn-seed1); "
+    assert ("1 of 2 custom_nobn runs did not learn (at chance level to the end: "
+            "custom_nobn-seed1 from epoch 1); collapse rate 50% (95% Wilson interval 9–91%); "
             "the runs that did reached 88.00% on average.") in text
+    assert ("0 of 1 custom runs did not learn; collapse rate 0% (95% Wilson interval 0–79%); "
+            "the runs that did reached 93.00% on average.") in text
+
+
+def test_collapse_rates_have_wilson_intervals_and_a_start() -> None:
+    from cnnlab.report import wilson_interval
+
+    # Reference values of the Wilson score interval (z = 1.96).
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(6, 14) == pytest.approx((0.2138, 0.6741), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
 
 
 def test_runs_of_any_recipe_are_grouped_by_recipe_name(tmp_path: Path, data_dir: Path) -> None:

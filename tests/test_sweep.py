@@ -93,6 +93,11 @@ def test_two_workers_run_a_grid_exactly_once(storage: str, tmp_path: Path, data_
         assert config["threads"] == 1  # 2 cores / 2 workers
         assert config["recipe"]["optimizer"]["lr"] == t["params"]["optimizer.lr"]
 
+    assert main(["sweep", "report", name, "--storage", storage, "--runs-root", str(root),
+                 "--data-dir", str(data_dir)]) == 0
+    report = (root / name / "REPORT.md").read_text()
+    assert "| lenet-lr0.001 | 0, 1 |" in report and "| lenet-lr0.002 | 0, 1 |" in report
+
 
 def test_a_killed_worker_s_trial_is_requeued_and_continues(storage: str, tmp_path: Path,
                                                             data_dir: Path):

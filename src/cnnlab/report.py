@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -130,10 +131,13 @@ def epochs_cell(runs: list[Run]) -> str:
     return ", ".join(cells)
 
 
+# Within 5 points of chance: a network that collapsed (a no-BN network at a high learning
+# rate can die in its first steps) rather than trained badly.
+CHANCE_BAND = 1 / len(CLASSES) + 0.05
+
+
 def did_not_learn(run: Run) -> bool:
-    """Final test accuracy within 5 points of chance: the network collapsed (a no-BN network
-    at a high learning rate can die in its first steps) rather than trained badly."""
-    return run.final_acc < 1 / len(CLASSES) + 0.05
+    return run.final_acc < CHANCE_BAND
 
 
 def volatility(run: Run) -> float | None:
@@ -212,8 +216,9 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
     """The BatchNorm ablation's findings, computed from the runs (no written-in verdicts)."""
     present = [name for name in ABLATION if name in groups]
     if len(present) < 2:
-        return [f"Skipped: needs at least two of {', '.join(ABLATION)}; "
-                f"this study has {', '.join(present) or 'none'}."]
+        return [f"Comparison skipped: needs at least two of {', '.join(ABLATION)}; "
+                f"this study has {', '.join(present) or 'none'}."] + collapse_text(groups,
+                                                                                   present)
     means = {name: mean_final(groups[name]) for name in present}
     best = max(present, key=means.get)
     others = [name for name in present if name != best]
@@ -253,15 +258,43 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
                        f"seed-to-seed std ({spread:.2f} points)")
     text.append("Gap versus seed-to-seed spread: " + "; ".join(spreads) + ".")
 
+    return text + collapse_text(groups, present)
+
+
+def collapse_text(groups: dict[str, list[Run]], present: list[str]) -> list[str]:
+    """How often each recipe's runs collapsed to chance, with a 95 % interval, and when."""
+    text = []
     for name in present:
-        collapsed = [r for r in groups[name] if did_not_learn(r)]
-        trained = [r for r in groups[name] if not did_not_learn(r)]
-        if collapsed and trained:
-            text.append(f"{len(collapsed)} of {len(groups[name])} {name} runs did not learn "
-                        f"(chance-level accuracy: "
-                        f"{', '.join(r.path.name for r in collapsed)}); the runs that did "
-                        f"reached {100 * mean_final(trained):.2f}% on average.")
+        runs = groups[name]
+        collapsed = [r for r in runs if did_not_learn(r)]
+        trained = [r for r in runs if not did_not_learn(r)]
+        low, high = wilson_interval(len(collapsed), len(runs))
+        when = ", ".join(f"{r.path.name} from epoch {chance_from(r)}" for r in collapsed)
+        text.append(f"{len(collapsed)} of {len(runs)} {name} runs did not learn"
+                    + (f" (at chance level to the end: {when})" if collapsed else "")
+                    + f"; collapse rate {100 * len(collapsed) / len(runs):.0f}% (95% Wilson "
+                    f"interval {100 * low:.0f}–{100 * high:.0f}%); "
+                    + (f"the runs that did reached {100 * mean_final(trained):.2f}% on average."
+                       if trained else "none learned."))
     return text
+
+
+def chance_from(run: Run) -> int:
+    """The first epoch of the run's final stretch at chance level."""
+    epoch = run.rows[-1]["epoch"]
+    for row in reversed(run.rows):
+        if row["test_acc"] >= CHANCE_BAND:
+            break
+        epoch = row["epoch"]
+    return epoch
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n: sound at 0 of n and at small n."""
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def confusion(labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:

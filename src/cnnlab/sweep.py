@@ -462,7 +462,15 @@ class Worker:
                 self.study.tell(trial, state=TrialState.FAIL)
                 raise
         self.study.tell(trial, value)
-        self.say(f"trial {trial.number} finished: {self.spec.metric} {value:.4f}")
+        self.say(f"trial {trial.number} finished: {self.spec.metric} {value:.4f} "
+                 f"({self.progress()})")
+
+    def progress(self) -> str:
+        optuna = import_optuna()
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        running = sum(t.state == optuna.trial.TrialState.RUNNING for t in trials)
+        return f"sweep: {waiting} waiting, {running} running"
 
     @contextlib.contextmanager
     def heartbeat(self, trial_id: int) -> Iterator[None]:
