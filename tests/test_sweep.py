@@ -205,6 +205,7 @@ def test_storage_and_definition_errors_are_one_line(postgres_url: str, tmp_path:
         assert expected in one_line_error(capsys, ["sweep", "create", "x", "--storage",
                                                    journal, *argv])
     assert main(["sweep", "create", "x", "--storage", journal, "--grid", "recipe=lenet"]) == 0
+    capsys.readouterr()
     assert "already exists" in one_line_error(
         capsys, ["sweep", "create", "x", "--storage", journal, "--grid", "recipe=lenet"])
 

@@ -217,29 +217,28 @@ class SweepSpec:
                 for values in itertools.product(*self.grid.values())]
 
     def recipe(self, values: dict[str, Any]) -> Recipe:
-        """The recipe of one trial: the base recipe, --set, then the trial's own values."""
+        """The recipe of one trial: the base recipe, --set, then the trial's own values; a
+        grid point's recipe is named by its values other than the seed (`custom-lr0.003`),
+        so that a report groups its seeds."""
         values = dict(values)
         base = values.pop("recipe", None) or next(iter(self.recipes))
-        label = trial_label(base, {k: v for k, v in values.items() if k != "seed"})
-        source = f"sweep {'--grid' if self.kind == 'grid' else '--param'}"
         recipe = parse_recipe(self.recipes[base], f"recipe {base}")
         recipe = recipe.with_overrides(self.fixed, "--set")
-        named = {"name": label} if self.kind == "grid" else {}
-        return recipe.with_overrides({**values, **named}, source)
+        if self.kind == "search":
+            return recipe.with_overrides(values, "sweep --param")
+        label = trial_label(base, {k: v for k, v in values.items() if k != "seed"})
+        return recipe.with_overrides({**values, "name": label}, "sweep --grid")
 
     def trial_values(self, trial: optuna.Trial) -> dict[str, Any]:
         if self.kind == "grid":
             return {k: trial.suggest_categorical(k, v) for k, v in self.grid.items()}
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
 
-    def run_name(self, trial: optuna.Trial, values: dict[str, Any]) -> str:
-        """The run folder of a trial: from its grid point (`custom-seed3`), or the search
+    def run_name(self, trial: optuna.Trial, values: dict[str, Any], recipe: Recipe) -> str:
+        """The run folder of a trial: its grid point (`custom-lr0.003-seed3`), or the search
         trial's number and values (`trial007-lr0.00123`)."""
         if self.kind == "grid":
-            values = dict(values)
-            base = values.pop("recipe", None) or next(iter(self.recipes))
-            seed = values.pop("seed", None)
-            return trial_label(base, values) + ("" if seed is None else f"-seed{seed}")
+            return recipe.name + (f"-seed{values['seed']}" if "seed" in values else "")
         return trial_label(f"trial{trial.number:03d}", values)
 
     def make_pruner(self) -> Any:
@@ -330,7 +329,7 @@ def ensure(name: str, storage: Any, spec: SweepSpec) -> None:
     optuna = import_optuna()
     if name not in optuna.get_all_study_names(storage):
         create(name, storage, spec)
-    elif load(name, storage)[1] != spec:
+    elif asdict(load(name, storage)[1]) != json.loads(json.dumps(asdict(spec))):
         raise CnnlabError(f"the sweep {name!r} in this storage was created with other "
                           "settings; use another --out or sweep name")
 
@@ -501,7 +500,7 @@ class Worker:
         trial.set_user_attr("worker", [self.host, self.pid, process_token(self.pid)])
         values = self.spec.trial_values(trial)
         recipe = self.spec.recipe(values)
-        name = trial.user_attrs.get("run") or self.spec.run_name(trial, values)
+        name = trial.user_attrs.get("run") or self.spec.run_name(trial, values, recipe)
         trial.set_user_attr("run", name)
         run = RunFolder(self.sweep_dir / "runs" / name)
         done = run.epochs_done()
