@@ -283,3 +283,23 @@ def test_runs_of_any_recipe_are_grouped_by_recipe_name(tmp_path: Path, data_dir:
     assert row["recipe"] == "lenet-sgd" and row["seeds"] == "0, 1"
     assert row["study (%)"] == "" and row["Δ (points)"] == ""
     assert "no run of this study recipe" not in markdown
+
+
+def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: Path) -> None:
+    """Every epoch of a hand-written run takes 10 s: custom seed 0 reaches the study's best,
+    93.3 %, at epoch 2 (20 s), seed 1 at epoch 3 (30 s); lenet never does."""
+    fake_run(tmp_path, "custom", 0, [0.90, 0.933, 0.94], [0.4, 0.3, 0.3])
+    fake_run(tmp_path, "custom", 1, [0.90, 0.92, 0.935], [0.4, 0.3, 0.3])
+    fake_run(tmp_path, "lenet", 0, [0.88, 0.932], [0.4, 0.3])
+    build_report(tmp_path, data_dir, "cnnlab report x")
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[4])
+    rows = {row["recipe"]: row for row in parse_table(text)}
+    assert rows["custom"]["seeds reaching 93.3%"] == "2 of 2"
+    assert rows["custom"]["time to reach it (min)"] == "0.42 ± 0.12 (0.33–0.50)"
+    assert rows["custom"]["first epoch"] == "2, 3"
+    assert rows["custom"]["training time per run (min)"] == "0.50 ± 0.00 (0.50–0.50)"
+    assert rows["lenet"]["seeds reaching 93.3%"] == "0 of 1"
+    assert rows["lenet"]["time to reach it (min)"] == "never"
+    assert rows["lenet"]["training time per run (min)"] == "0.33"
+    assert "these ran on: cuda × 8 threads" in text
+    assert (tmp_path / "figures" / "time-to-accuracy.png").stat().st_size > 10_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from cnnlab import __version__  # noqa: E402
 from cnnlab.data import CLASSES, ImageSet, load_split  # noqa: E402
@@ -32,13 +33,13 @@ from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
 from cnnlab.inference import Predictor  # noqa: E402
 from cnnlab.models import count_macs, count_parameters, create_model, is_user_code  # noqa: E402
-from cnnlab.recipe import STUDY_ORDER, Recipe, from_record  # noqa: E402
+from cnnlab.recipe import STUDY_ORDER, Recipe, builtin, from_record  # noqa: E402
 from cnnlab.runs import RunFolder, git_commit  # noqa: E402
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
 MAX_MISCLASSIFIED = 24
 SECTIONS = ("1. Results", "2. Loss curves", "3. BatchNorm ablation", "4. Final models",
-            "5. Environment")
+            "5. Time to accuracy", "6. Environment")
 
 
 # --------------------------------------------------------------------------- run folders
@@ -113,12 +114,17 @@ def std(values: list[float]) -> float | None:
     return statistics.stdev(values) if len(values) > 1 else None
 
 
+def spread(values: list[float]) -> str:
+    """The value for one run; mean ± std (min–max) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return (f"{statistics.mean(values):.2f} ± {std(values):.2f} "
+            f"({min(values):.2f}–{max(values):.2f})")
+
+
 def pct_summary(values: list[float]) -> str:
-    """Percentages: the value for one run; mean ± std (min–max) for several."""
-    pct = [100 * v for v in values]
-    if len(pct) == 1:
-        return f"{pct[0]:.2f}"
-    return f"{statistics.mean(pct):.2f} ± {std(pct):.2f} ({min(pct):.2f}–{max(pct):.2f})"
+    """Fractions as percentages, in `spread`'s form."""
+    return spread([100 * v for v in values])
 
 
 def mean_final(runs: list[Run]) -> float:
@@ -386,6 +392,78 @@ def misclassified_figure(title: str, images: torch.Tensor, true: list[int],
     return fig
 
 
+def study_best() -> float:
+    """The study's best accuracy (its custom network's 93.3 %): the bar for time to accuracy."""
+    return max(builtin(name).study.accuracy for name in STUDY_ORDER)
+
+
+def elapsed(run: Run) -> list[float]:
+    """Cumulative training seconds (evaluation included) at the end of each epoch."""
+    return list(itertools.accumulate(r["seconds"] for r in run.rows))
+
+
+def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
+    """The first epoch whose test accuracy reaches `accuracy`, and the seconds until then."""
+    for row, seconds in zip(run.rows, elapsed(run), strict=True):
+        if row["test_acc"] >= accuracy:
+            return row["epoch"], seconds
+    return None
+
+
+def time_table(groups: dict[str, list[Run]], target: float) -> tuple[list[str], list[list[str]]]:
+    headers = ["recipe", "seeds", f"seeds reaching {100 * target:.1f}%",
+               "time to reach it (min)", "first epoch", "final accuracy",
+               "training time per run (min)"]
+    rows = []
+    for name, runs in groups.items():
+        reached = [hit for r in runs if (hit := time_to(r, target))]
+        rows.append([name, str(len(runs)), f"{len(reached)} of {len(runs)}",
+                     spread([t / 60 for _, t in reached]) if reached else "never",
+                     ", ".join(str(e) for e, _ in reached) or "–",
+                     pct_summary([r.final_acc for r in runs]),
+                     spread([elapsed(r)[-1] / 60 for r in runs])])
+    return headers, rows
+
+
+def time_figure(groups: dict[str, list[Run]], target: float) -> Figure:
+    """Test accuracy against cumulative training minutes, every seed of every recipe."""
+    fig = Figure(figsize=(7.5, 4.5), dpi=110, layout="tight")
+    ax = fig.subplots()
+    for i, (name, runs) in enumerate(groups.items()):
+        for k, run in enumerate(runs):
+            ax.plot([t / 60 for t in elapsed(run)], [100 * r["test_acc"] for r in run.rows],
+                    "o-", ms=2.5, lw=1, color=f"C{i % 10}", alpha=0.8,
+                    label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})" if k == 0
+                    else None)
+    ax.axhline(100 * target, color="k", ls="--", lw=1,
+               label=f"the study's best, {100 * target:.1f}%")
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
+    ax.set_ylim(85, 100)
+    ax.set(title="Time to accuracy", xlabel="cumulative training time (min, log scale; "
+           "evaluation included)", ylabel="test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
+    target = study_best()
+    doc.heading(2, SECTIONS[4])
+    doc.figure("time-to-accuracy.png", time_figure(groups, target),
+               "Test accuracy against cumulative training time, every seed (axis from 85%)")
+    doc.table(*time_table(groups, target))
+    devices = ", ".join(dict.fromkeys(f"{r.info.get('device', '?')} × "
+                                      f"{r.info.get('threads', '?')} threads"
+                                      for runs in groups.values() for r in runs))
+    doc.para(f"Time is the sum of metrics.csv's seconds up to the epoch that first reached "
+             f"{100 * target:.1f}% test accuracy (training and per-epoch evaluation; the "
+             "test curve is read here, never used to choose a recipe). Times compare only "
+             f"between runs on the same machine; these ran on: {devices}.")
+
+
 # --------------------------------------------------------------------------- the document
 
 @dataclass
@@ -502,7 +580,7 @@ def environment_section(doc: Document, runs: list[Run], command: str) -> None:
         return ", ".join(dict.fromkeys(str(r.info.get(key) or "unknown") for r in runs))
 
     started = sorted(str(r.info["started"]) for r in runs if r.info.get("started"))
-    doc.heading(2, SECTIONS[4])
+    doc.heading(2, SECTIONS[5])
     doc.table(["", "this report", "training runs (as recorded)"], [
         ["cnnlab", __version__, recorded("cnnlab")],
         ["git commit", git_commit() or "unknown", recorded("git_commit")],
@@ -555,6 +633,7 @@ def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, P
         doc.para(text)
 
     final_model_section(doc, groups, data_dir)
+    time_section(doc, groups)
     environment_section(doc, [r for runs in groups.values() for r in runs], command)
 
     md_path, html_path = study_dir / "REPORT.md", study_dir / "report.html"
@@ -577,9 +656,10 @@ def search_figure(trials: list[dict[str, Any]], log_params: dict[str, bool],
             chosen = [t for t in trials if t["state"] == state and t["value"] is not None]
             ax.scatter([t["params"][key] for t in chosen],
                        [scale * t["value"] for t in chosen], label=state.lower(), **style)
+        finish(ax, key, f"{metric}{' (%)' if scale == 100 else ''}")
+        ax.set_xlabel(key)
         if log:
             ax.set_xscale("log")
-        finish(ax, key, f"{metric}{' (%)' if scale == 100 else ''}")
     return fig
 
 
