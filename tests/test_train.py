@@ -125,6 +125,56 @@ def test_resume_is_exact_with_every_new_part(tmp_path, data_dir):
     assert int(state["averaged"]["n_averaged"]) == 3 * 13  # 640 / 50 → 13 steps an epoch
 
 
+def test_the_study_s_own_way_resumes_exactly(tmp_path, data_dir):
+    """Every part of the fast path switched to the study's way: torchvision's transforms one
+    image at a time behind a shuffling DataLoader, NCHW, plain Adam, the plain stem."""
+    recipe = study_recipe("custom_nobn", epochs=2, limit_train=192, limit_test=64,
+                          pipeline="per_image",
+                          **{"model.memory_format": "contiguous", "optimizer.fused": False,
+                             "model.args": {"fused_stem": False}})
+    straight = assert_resume_is_exact(recipe, tmp_path, data_dir)
+    fast = train_recipe(recipe.with_overrides({"pipeline": "batched"}), tmp_path / "c",
+                        data_dir)
+    assert computed(fast) != computed(straight), "the two pipelines draw differently"
+
+
+def test_per_image_batches_are_the_reference_pipeline(data_dir):
+    """Seeded like a training epoch, the per-image pipeline serves what torchvision-style
+    per-sample transforms behind DataLoader(shuffle=True) serve."""
+    from torch.utils.data import DataLoader
+
+    from cnnlab.data import load_datasets
+    from cnnlab.reference import PerSampleDataset
+    from cnnlab.train import per_image_batches
+
+    data = load_datasets(data_dir, limit_train=200, limit_test=1).train
+    recipe = study_recipe("custom", pipeline="per_image", batch_size=64)
+    torch.manual_seed(7)
+    ours = list(per_image_batches(recipe, data, 1, 7))
+    torch.manual_seed(7)
+    loader = DataLoader(PerSampleDataset(data, augment=True), batch_size=64, shuffle=True,
+                        generator=torch.Generator().manual_seed(7))
+    theirs = list(loader)
+    assert [len(y) for _, y in ours] == [64, 64, 64, 8]
+    for (x, y), (x2, y2) in zip(ours, theirs, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+    labels = torch.cat([y for _, y in ours])
+    assert sorted(labels.tolist()) == sorted(data.labels.tolist())  # a permutation
+
+
+def test_memory_format_can_be_chosen():
+    from cnnlab.device import prepare_model
+    from cnnlab.models import create_model
+
+    for layout, contiguous in (("contiguous", True), ("channels_last", False),
+                               ("auto", False)):
+        model = prepare_model(create_model("custom_nobn", {}), CPU, layout)
+        weight = model.conv3.weight
+        assert weight.is_contiguous() == contiguous, layout
+        assert weight.is_contiguous(memory_format=torch.channels_last) != contiguous
+    assert prepare_model(create_model("alexnet", {}), CPU).channels_last is False
+
+
 def test_resume_refuses_disagreeing_options(tmp_path, data_dir):
     recipe = study_recipe("lenet", epochs=1, limit_train=128, limit_test=64)
     train_recipe(recipe, tmp_path, data_dir)

@@ -53,14 +53,17 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager:
 
 def memory_format(model: nn.Module) -> torch.memory_format:
     """channels_last unless the model says it runs faster in NCHW (a class attribute
-    `channels_last = False`, set from `cnnlab bench` measurements)."""
+    `channels_last = False`, set from `cnnlab bench` measurements) or the recipe chose NCHW."""
     if getattr(model, "channels_last", True):
         return torch.channels_last
     return torch.contiguous_format
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """On the device, in the memory format it trains fastest in; feed it through `as_input`."""
+def prepare_model(model: nn.Module, device: torch.device, layout: str = "auto") -> nn.Module:
+    """On the device, in the memory format it trains fastest in, or the one `layout`
+    (a recipe's model.memory_format) asks for; feed it through `as_input`."""
+    if layout != "auto":
+        model.channels_last = layout == "channels_last"
     return model.to(device=device, memory_format=memory_format(model))
 
 

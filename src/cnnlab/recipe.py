@@ -52,6 +52,10 @@ class ModelSpec:
                     "FILE.py:FACTORY or package.module:FACTORY", flag="--model")
     args: dict[str, Any] = key({}, "keyword arguments of the network's factory, checked "
                                "against its signature (e.g. { fused_stem = false })")
+    memory_format: str = key("auto", "activation layout in training: auto (the one "
+                             "`cnnlab bench` measured fastest for the network), "
+                             "channels_last, or contiguous (NCHW)",
+                             OneOf(("auto", "channels_last", "contiguous")))
 
     def validate(self, path: str) -> None:
         if not is_user_code(self.name):
@@ -158,6 +162,11 @@ class Recipe:
                          OneOf(("fp32", "bf16")), flag="--precision")
     seed: int = key(0, "initialisation, data order, augmentation and dropout derive from "
                     "(seed, epoch)", NON_NEGATIVE, flag="--seed")
+    pipeline: str = key("batched", "batched: the whole batch augmented at once, cnnlab's "
+                        "data order; per_image: the study's own way, one image at a time "
+                        "(torchvision's transforms) through a shuffling DataLoader; slower, "
+                        "only with the study's augmentation or none",
+                        OneOf(("batched", "per_image")))
     limit_train: int | None = key(None, "run option: train on the first N training images "
                                   "(after the validation split)", AT_LEAST_ONE,
                                   flag="--limit-train")
@@ -174,6 +183,13 @@ class Recipe:
     evaluate: EvaluateSpec = key(EvaluateSpec(), "")
     split: SplitSpec = key(SplitSpec(), "")
     study: StudySpec = key(StudySpec(), "")
+
+    def validate(self, path: str) -> None:
+        if self.pipeline == "per_image" and [to_dict(t) for t in self.augment] not in (
+                [], STUDY_AUGMENT):
+            raise CnnlabError("pipeline per_image performs the study's augmentation (rotate "
+                              "10° + flip) or none; set augment to one of those, or use "
+                              "pipeline batched")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

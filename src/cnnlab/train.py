@@ -127,20 +127,17 @@ def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest 
     model.train()
     device = data.images.device
     seed = epoch_seed(recipe.seed, epoch)
-    torch.manual_seed(seed)  # dropout
-    generator = torch.Generator(device=device).manual_seed(seed)
-    order = torch.randperm(len(data), generator=generator, device=device)
-    batches = order.split(recipe.batch_size)
+    torch.manual_seed(seed)  # dropout, and the per-image pipeline's draws
+    batches = (per_image_batches if recipe.pipeline == "per_image" else batched)(
+        recipe, data, epoch, seed)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
-               disable=not show_progress, file=sys.stderr)
-    for step, index in enumerate(bar, 1):
+               disable=not show_progress, file=sys.stderr,
+               total=math.ceil(len(data) / recipe.batch_size))
+    for step, (x, labels) in enumerate(bar, 1):
         if stop is not None and stop.signum is not None:
             raise _StopAtStep(step)
-        images, labels = data.images[index], data.labels[index]
-        draws = Draws(generator, index, len(data), recipe.seed, epoch)
-        x = augment_batch(images, recipe.augment, draws)
         with autocast(recipe.precision, device):
             logits = model(as_input(x, model))
             loss = criterion(logits, labels)
@@ -164,6 +161,34 @@ def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest 
     return EpochStats(loss_sum / seen, correct / seen, time.perf_counter() - start)
 
 
+def batched(recipe: Recipe, data: ImageSet, epoch: int,
+            seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """cnnlab's pipeline: a seeded permutation of the resident images, each batch augmented
+    at once on the training device, every sample with its own draws."""
+    device = data.images.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator, device=device)
+    for index in order.split(recipe.batch_size):
+        draws = Draws(generator, index, len(data), recipe.seed, epoch)
+        yield augment_batch(data.images[index], recipe.augment, draws), data.labels[index]
+
+
+def per_image_batches(recipe: Recipe, data: ImageSet, epoch: int,
+                      seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The study's pipeline: torchvision's transforms one image at a time (drawing from the
+    global RNG, seeded per epoch) behind a shuffling DataLoader."""
+    from torch.utils.data import DataLoader
+
+    from cnnlab.reference import PerSampleDataset
+
+    device = data.images.device
+    loader = DataLoader(PerSampleDataset(data, augment=bool(recipe.augment)),
+                        batch_size=recipe.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    for x, labels in loader:
+        yield x.to(device), labels.to(device)
+
+
 def steps_per_epoch(recipe: Recipe, data: Datasets) -> int:
     return math.ceil(len(data.train) / recipe.batch_size)
 
@@ -182,7 +207,7 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
     with isolated_global_state(device):
         torch.manual_seed(recipe.seed)
         model = prepare_model(create_model(recipe.model.name, recipe.model.args, model_code),
-                              device)
+                              device, recipe.model.memory_format)
         parts = build_parts(recipe, model, device, per_epoch)
         rows: list[dict[str, Any]] = []
         if resume:
