@@ -80,8 +80,8 @@ def test_two_workers_run_a_grid_exactly_once(storage: str, tmp_path: Path, data_
     trials = status(name, storage, root)
     assert [t["state"] for t in trials] == ["COMPLETE"] * 4, out
     folders = sorted(p.name for p in (root / name / "runs").iterdir())
-    assert folders == ["lenet-lr0.001-seed0", "lenet-lr0.001-seed1", "lenet-lr0.002-seed0",
-                       "lenet-lr0.002-seed1"]
+    assert folders == ["lenet-lr=0.001-seed0", "lenet-lr=0.001-seed1", "lenet-lr=0.002-seed0",
+                       "lenet-lr=0.002-seed1"]
     assert sorted((t["params"]["optimizer.lr"], t["params"]["seed"]) for t in trials) == [
         (0.001, 0), (0.001, 1), (0.002, 0), (0.002, 1)]
     assert len({t["host"] for t in trials}) == 2, "both workers took trials"
@@ -96,7 +96,7 @@ def test_two_workers_run_a_grid_exactly_once(storage: str, tmp_path: Path, data_
     assert main(["sweep", "report", name, "--storage", storage, "--runs-root", str(root),
                  "--data-dir", str(data_dir)]) == 0
     report = (root / name / "REPORT.md").read_text()
-    assert "| lenet-lr0.001 | 0, 1 |" in report and "| lenet-lr0.002 | 0, 1 |" in report
+    assert "| lenet-lr=0.001 | 0, 1 |" in report and "| lenet-lr=0.002 | 0, 1 |" in report
 
 
 def test_a_killed_worker_s_trial_is_requeued_and_continues(storage: str, tmp_path: Path,
@@ -108,7 +108,7 @@ def test_a_killed_worker_s_trial_is_requeued_and_continues(storage: str, tmp_pat
     work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
             "--data-dir", str(data_dir), "--heartbeat", "1"]
     victim = cli(*work)
-    first = root / name / "runs" / "lenet-lr0.001-seed0"
+    first = root / name / "runs" / "lenet-lr=0.001-seed0"
     deadline = time.monotonic() + 120
     while not (first / "last.pt").exists() or len(read_metrics(first / "metrics.csv")) < 1:
         assert victim.poll() is None and time.monotonic() < deadline, victim.stdout.read()
@@ -124,7 +124,7 @@ def test_a_killed_worker_s_trial_is_requeued_and_continues(storage: str, tmp_pat
     assert sorted(t["state"] for t in trials) == ["COMPLETE"] * 4 + ["FAIL"], out
     retry = next(t for t in trials if t["retry_of"] == 0)
     assert retry["state"] == "COMPLETE" and retry["run"] == str(first)
-    assert f"{retry['trial']} lenet-lr0.001-seed0: resuming after epoch {len(before)}" in out
+    assert f"{retry['trial']} lenet-lr=0.001-seed0: resuming after epoch {len(before)}" in out
     after = read_metrics(first / "metrics.csv")
     assert [r["epoch"] for r in after] == [1, 2, 3, 4]
     assert after[:len(before)] == before, "the finished epochs were kept, not retrained"

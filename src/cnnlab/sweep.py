@@ -218,7 +218,7 @@ class SweepSpec:
 
     def recipe(self, values: dict[str, Any]) -> Recipe:
         """The recipe of one trial: the base recipe, --set, then the trial's own values; a
-        grid point's recipe is named by its values other than the seed (`custom-lr0.003`),
+        grid point's recipe is named by its values other than the seed (`custom-lr=0.003`),
         so that a report groups its seeds."""
         values = dict(values)
         base = values.pop("recipe", None) or next(iter(self.recipes))
@@ -235,8 +235,8 @@ class SweepSpec:
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
 
     def run_name(self, trial: optuna.Trial, values: dict[str, Any], recipe: Recipe) -> str:
-        """The run folder of a trial: its grid point (`custom-lr0.003-seed3`), or the search
-        trial's number and values (`trial007-lr0.00123`)."""
+        """The run folder of a trial: its grid point (`custom-lr=0.003-seed3`), or the search
+        trial's number and values (`trial007-lr=0.00123`)."""
         if self.kind == "grid":
             return recipe.name + (f"-seed{values['seed']}" if "seed" in values else "")
         return trial_label(f"trial{trial.number:03d}", values)
@@ -256,7 +256,7 @@ def trial_label(base: str, values: dict[str, Any]) -> str:
     def short(value: Any) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
 
-    return "-".join([base] + [f"{k.rsplit('.', 1)[-1]}{short(v)}" for k, v in values.items()])
+    return "-".join([base] + [f"{k.rsplit('.', 1)[-1]}={short(v)}" for k, v in values.items()])
 
 
 def grid_spec(grid: dict[str, list[Any]], recipes: dict[str, Recipe],
