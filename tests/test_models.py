@@ -70,3 +70,15 @@ def test_every_layer_sees_the_models_memory_format(name):
             module.register_forward_pre_hook(check)
     model(as_input(torch.randn(4, 1, 28, 28), model)).sum().backward()
     assert seen and all(ok for _, ok in seen), [m for m, ok in seen if not ok]
+
+
+def test_speednet_takes_widths_and_depth():
+    small = get_model("speednet", widths=[16, 32], depth=3, stem=8)
+    convs = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [8, 16, 16, 16, 32, 32, 32]
+    assert small(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert count_macs(small) < count_macs(get_model("speednet"))
+    with pytest.raises(CnnlabError, match="1 to 4"):
+        get_model("speednet", widths=[8] * 5)
+    with pytest.raises(CnnlabError, match="depth must be a positive integer"):
+        get_model("speednet", depth=0)

@@ -1,6 +1,6 @@
 """The networks, one module per family, all reachable through the registry."""
 
-from cnnlab.models import alexnet, custom, lenet  # noqa: F401  (registers the models)
+from cnnlab.models import alexnet, custom, lenet, speednet  # noqa: F401  (registers them)
 from cnnlab.models.registry import (
     count_macs,
     count_parameters,
