@@ -186,7 +186,8 @@ def test_a_users_own_network_trains_and_needs_its_code_named_to_load(tmp_path, c
                              "--set", "model.args={ width = 4 }", "--out", "run", *args)
     assert code == 0, err
     info = json.loads((tmp_path / "run/config.json").read_text())
-    assert info["recipe"]["model"] == {"name": "my_nets.py:tiny", "args": {"width": 4}}
+    assert info["recipe"]["model"] == {"name": "my_nets.py:tiny", "args": {"width": 4},
+                                       "memory_format": "auto"}
     assert info["model_code"] == "my_nets.py"
 
     code, _, err = run_cli(capsys, "evaluate", "run", "--data-dir", str(data_dir))
