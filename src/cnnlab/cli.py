@@ -307,13 +307,7 @@ def cmd_sweep_create(args: argparse.Namespace) -> None:
         if not args.recipe:
             raise CnnlabError("a search needs --recipe NAME|FILE and --param KEY=KIND:…; "
                               "a grid needs --grid 'KEY=V1,V2 …'")
-        params = {}
-        for item in args.param or []:
-            key, sep, text = item.partition("=")
-            if not sep:
-                raise CnnlabError(f"--param {item!r}: expected KEY=KIND:…, e.g. "
-                                  "optimizer.lr=log:1e-4:1e-2")
-            params[key] = sweep.Param.parse(key, text)
+        params = sweep.parse_params(args.param or [])
         spec = sweep.search_spec(named_recipe(args.recipe), params, fixed, args.trials,
                                  args.objective, args.pruner, args.seed)
     count = sweep.create(args.name, sweep.open_storage(args.storage), spec)
@@ -508,9 +502,9 @@ def build_parser() -> Parser:
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
                    parents=[common]).set_defaults(run=cmd_download)
 
-    # Working on a sweep with K processes on this machine (sweep work, reproduce --workers).
-    workers = Parser(add_help=False)
-    workers.add_argument("--heartbeat", type=int, default=20, metavar="S",
+    # Workers on a database storage (sweep work, reproduce --workers).
+    heartbeat = Parser(add_help=False)
+    heartbeat.add_argument("--heartbeat", type=int, default=20, metavar="S",
                          help="database storage: a running trial's heartbeat every S seconds; "
                          "one silent for 3×S is requeued (default %(default)s)")
 
@@ -547,7 +541,7 @@ def build_parser() -> Parser:
     q.set_defaults(run=cmd_sweep_create)
     q = sweep_sub.add_parser("work", help="run the sweep's trials with K workers here "
                              "(start more on other machines)",
-                             parents=[common, storage, runs_root, workers, user_code])
+                             parents=[common, storage, runs_root, heartbeat, user_code])
     q.add_argument("--workers", type=int, default=1, metavar="K",
                    help="worker processes, each with cores/K threads unless --threads")
     q.set_defaults(run=cmd_sweep_work)
@@ -560,7 +554,7 @@ def build_parser() -> Parser:
                          parents=[common, storage, runs_root]).set_defaults(run=cmd_sweep_report)
 
     p = sub.add_parser("reproduce", help="re-run the study and write its report",
-                       parents=[common, workers])
+                       parents=[common, heartbeat])
     p.add_argument("--workers", type=int, metavar="K", help="run through the sweep engine "
                    "with K worker processes (needs cnnlab[sweep]); default: one run after "
                    "another in this process")

@@ -158,6 +158,18 @@ class Param:
         return self.choices if self.kind == "cat" else [self.low, self.high]
 
 
+def parse_params(items: list[str]) -> dict[str, Param]:
+    """`--param KEY=KIND:…` items → key: Param."""
+    params = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise CnnlabError(f"--param {item!r}: expected KEY=KIND:…, e.g. "
+                              "optimizer.lr=log:1e-4:1e-2")
+        params[key] = Param.parse(key, text)
+    return params
+
+
 def parse_grid(text: str) -> dict[str, list[Any]]:
     """`recipe=custom,custom_nobn seed=0..9 optimizer.lr=0.001,0.003` → key: values."""
     grid: dict[str, list[Any]] = {}
