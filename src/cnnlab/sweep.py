@@ -395,6 +395,12 @@ class Worker:
             self.recover()
             trial_id = self.pop()
             if trial_id is not None:
+                if self.spec.seed is not None:
+                    # Seeded per trial: repeatable with one worker, and K workers never
+                    # share a random stream (so never propose the same point twice).
+                    number = self.storage.get_trial_number_from_id(trial_id)
+                    self.study.sampler = optuna.samplers.TPESampler(
+                        seed=self.spec.seed * 1_000_003 + number)
                 self.run_trial(optuna.Trial(self.study, trial_id))
                 done += 1
                 continue
@@ -562,8 +568,6 @@ def work(name: str, storage_url: str, sweep_dir: Path, data_dir: Path, device: t
     """One worker in this process; returns how many trials it ran."""
     storage = open_storage(storage_url, heartbeat)
     study, spec = load(name, storage)
-    if spec.seed is not None:
-        study.sampler = import_optuna().samplers.TPESampler(seed=spec.seed)
     study.pruner = spec.make_pruner()
     worker = Worker(study, storage, spec, sweep_dir, data_dir, device, model_code,
                     poll=min(2.0, heartbeat))
