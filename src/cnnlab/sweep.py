@@ -617,12 +617,15 @@ def cpu_count() -> int:
 
 def trial_rows(study: optuna.Study, sweep_dir: Path) -> list[dict[str, Any]]:
     """One record per trial: state, values, run folder, worker, epochs done."""
+    optuna = import_optuna()
     rows = []
     for t in study.get_trials(deepcopy=False):
         run = t.user_attrs.get("run")
         folder = RunFolder(sweep_dir / "runs" / run) if run else None
         epochs = len(folder.rows()) if folder and folder.metrics_path.is_file() else 0
-        worker = t.user_attrs.get("worker") or [None, None]
+        # A requeued trial inherits its dead worker's attrs; only a taken one has a worker.
+        taken = t.state != optuna.trial.TrialState.WAITING
+        worker = (taken and t.user_attrs.get("worker")) or [None, None]
         rows.append({"trial": t.number, "state": t.state.name,
                      "params": {k: t.params[k] for k in sorted(t.params)},
                      "value": t.value, "run": str(folder.path) if folder else None,
