@@ -11,14 +11,14 @@ from conftest import write_dataset
 def test_bench_writes_table_and_json(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_train=256, n_test=40)
     out = tmp_path / "bench.json"
-    code = main(["bench", "--models", "lenet,custom", "--steps", "2", "--repeats", "2",
+    code = main(["bench", "--models", "lenet,custom,speednet", "--steps", "2", "--repeats", "2",
                  "--data-dir", str(data), "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
     assert result["batch_size"] == 64 and result["eval_images"] == 40
     assert result["matmul_peak_gflops"] > 0
-    for name in ("lenet", "custom"):
+    for name in ("lenet", "custom", "speednet"):  # speednet: no recipe of its own name
         model = result["models"][name]
         assert f"| {name} |" in printed
         for kind in ("train", "eval"):

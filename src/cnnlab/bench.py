@@ -36,7 +36,7 @@ from cnnlab.inference import predict_logits
 from cnnlab.models import count_macs, get_model
 from cnnlab.models.registry import plain_path
 from cnnlab.parts import Parts, build_parts
-from cnnlab.recipe import builtin
+from cnnlab.recipe import builtin, list_builtin
 from cnnlab.reference import PerSampleDataset
 from cnnlab.train import train_one_epoch
 
@@ -118,8 +118,11 @@ def _summary(seconds: list[float], images: int) -> dict[str, Any]:
 def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, repeats: int,
                 device: torch.device) -> dict[str, Any]:
     """Train and eval images/s of both paths for one model, alternating repeat by repeat."""
-    # Each study network has a recipe of its name; the batch is the study's for all.
-    recipe = builtin(name).with_overrides({"batch_size": BATCH})
+    # Each study network has a recipe of its name; any other is timed under the study's
+    # custom recipe (Adam, rotation + flip). The batch is the study's for all.
+    base = (builtin(name) if name in list_builtin()
+            else builtin("custom").with_overrides({"model.name": name}))
+    recipe = base.with_overrides({"batch_size": BATCH})
     torch.manual_seed(0)
     reference = get_model(name).to(device)
     fast = prepare_model(get_model(name), device)
