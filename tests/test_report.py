@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from cnnlab.cli import main
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
 from cnnlab.report import SECTIONS, build_report
+from cnnlab.runs import RunFolder
 from cnnlab.train import Logger
 from conftest import one_line_error, study_recipe, train_recipe
 
@@ -158,6 +160,25 @@ def test_final_model_agrees_with_its_metrics(study: Path) -> None:
     assert sum(int(row["right"]) for row in classes) == right
 
 
+def test_final_model_needs_no_checkpoint(study: Path, tmp_path: Path, data_dir: Path) -> None:
+    """predictions.csv holds the final model's answers, so a run folder committed without its
+    last.pt still gets the same confusion matrix and misclassified images."""
+    run = study / "runs" / "lenet-seed0"
+    labels, predicted = RunFolder(run).read_predictions()
+    recorded = read_csv(run / "metrics.csv")[-1]["test_acc"]
+    assert len(labels) == 500
+    assert (labels == predicted).float().mean().item() == pytest.approx(recorded, abs=1e-6)
+    shutil.copytree(run, tmp_path / "runs" / "lenet-seed0",
+                    ignore=shutil.ignore_patterns("last.pt"))
+    build_report(tmp_path, data_dir, COMMAND)
+    with_checkpoint, without = (section((root / "REPORT.md").read_text(), SECTIONS[3])
+                                for root in (study, tmp_path))
+    lenet = with_checkpoint.split("### lenet (lenet-seed0)", 1)[1].split("### ", 1)[0]
+    assert lenet.strip() and lenet.strip() in without
+    assert (tmp_path / "figures" / "misclassified-lenet.png").read_bytes() == \
+        (study / "figures" / "misclassified-lenet.png").read_bytes()
+
+
 # --------------------------------------------------------------------------- synthetic runs
 
 def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[float]) -> None:
@@ -205,7 +226,8 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert "against custom_nobn_lr1e-3 it cannot be judged: custom_nobn_lr1e-3 has only " \
         "one seed" in text
     assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
-    assert "custom-seed0 has no last.pt, so this part is skipped." in markdown
+    assert "custom-seed0 has neither predictions.csv nor last.pt, so this part is skipped." \
+        in markdown
     assert f"cnnlab report {tmp_path}" in markdown
 
 
@@ -256,6 +278,38 @@ def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
             "the runs that did reached 88.00% on average.") in text
     assert ("0 of 1 custom runs did not learn; collapse rate 0% (95% Wilson interval 0–79%); "
             "the runs that did reached 93.00% on average.") in text
+
+
+def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--collapse-runs: the collapse rate over a sweep's seeds, beside the study's runs."""
+    study, sweep = tmp_path / "study", tmp_path / "sweep"
+    fake_run(study, "custom", 0, [0.90, 0.93], [0.4, 0.3])
+    fake_run(study, "custom_nobn", 0, [0.80, 0.88], [0.5, 0.4])
+    for seed, acc in enumerate([[0.8, 0.84, 0.85], [0.1, 0.1, 0.1], [0.83, 0.1, 0.1],
+                                [0.82, 0.85, 0.86]]):
+        fake_run(sweep, "custom_nobn", seed, acc, [0.5] * 3)
+    fake_run(sweep, "custom_nobn", 4, [0.1], [2.3])
+    unfinished = sweep / "runs" / "custom_nobn-seed4" / "config.json"
+    info = json.loads(unfinished.read_text())
+    info["recipe"]["epochs"] = 3
+    unfinished.write_text(json.dumps(info))
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "report"])
+    assert main(["report", str(study), "--collapse-runs", str(sweep)]) == 0
+    capsys.readouterr()
+    text = " ".join(section((study / "REPORT.md").read_text(), SECTIONS[2]).split())
+    assert (f"More seeds, from {sweep / 'runs'} (4 finished run(s) of 3 epochs; 1 unfinished "
+            "run(s) left out): - 2 of 4 custom_nobn runs did not learn (at chance level to "
+            "the end: custom_nobn-seed1 from epoch 1, custom_nobn-seed2 from epoch 2); "
+            "collapse rate 50% (95% Wilson interval 15–85%); the runs that did reached 85.50% "
+            "on average.") in text
+    # the study's own numbers are not mixed with the sweep's
+    assert "0 of 1 custom_nobn runs did not learn" in text
+    err = one_line_error(capsys, ["report", str(study), "--collapse-runs", str(study / "runs")])
+    assert "holds no run folders" in err
+    fake_run(tmp_path / "lenets", "lenet", 0, [0.9], [0.3])
+    err = one_line_error(capsys, ["report", str(study), "--collapse-runs",
+                                  str(tmp_path / "lenets")])
+    assert "holds no run of custom, custom_nobn, custom_nobn_lr1e-3" in err
 
 
 def test_collapse_rates_have_wilson_intervals_and_a_start() -> None:

@@ -243,7 +243,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.report import build_report
 
-    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line()):
+    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
+                             [Path(d) for d in args.collapse_runs]):
         print(f"wrote {path}")
     print_results(Path(args.dir))
 
@@ -583,6 +584,9 @@ def build_parser() -> Parser:
     p = sub.add_parser("report", help="write the study report from the run folders in DIR",
                        parents=[common])
     p.add_argument("dir", metavar="DIR", help="study folder holding runs/<recipe>-seed<k>/")
+    p.add_argument("--collapse-runs", action="append", default=[], metavar="DIR",
+                   help="a folder of more BatchNorm-ablation runs (e.g. a sweep's, "
+                   "DIR/runs/*): their collapse rate joins section 3 (repeatable)")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",

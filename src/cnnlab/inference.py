@@ -168,11 +168,18 @@ class Predictor:
 
     def evaluate(self, data: ImageSet, batch_size: int | None = None) -> tuple[float, float]:
         """Mean cross-entropy (no label smoothing, so recipes compare) and accuracy."""
+        loss, acc, _ = self.evaluate_predicted(data, batch_size)
+        return loss, acc
+
+    def evaluate_predicted(self, data: ImageSet, batch_size: int | None = None
+                           ) -> tuple[float, float, torch.Tensor]:
+        """`evaluate`, and the predicted class of every image (on the CPU)."""
         logits = self.logits(data.images, batch_size)
         labels = data.labels.to(logits.device)
+        predicted = logits.argmax(1)
         loss = F.cross_entropy(logits, labels).item()
-        acc = (logits.argmax(1) == labels).float().mean().item()
-        return loss, acc
+        acc = (predicted == labels).float().mean().item()
+        return loss, acc, predicted.cpu()
 
     def predict(self, pictures: list[Path | bytes | Image.Image | torch.Tensor],
                 names: list[str] | None = None, invert: bool = True,

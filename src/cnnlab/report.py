@@ -13,6 +13,7 @@ import io
 import itertools
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -285,6 +286,24 @@ def collapse_text(groups: dict[str, list[Run]], present: list[str]) -> list[str]
     return text
 
 
+def more_seeds_text(folder: Path) -> list[str]:
+    """Collapse rates of the ablation recipes over the finished runs of another folder (a
+    sweep over many seeds, often of fewer epochs): reported beside the study's, not mixed in."""
+    groups, _ = load_runs(folder)
+    present = [name for name in ABLATION if name in groups]
+    if not present:
+        raise CnnlabError(f"{folder / 'runs'} holds no run of {', '.join(ABLATION)}; give a "
+                          "folder of BatchNorm-ablation runs to --collapse-runs")
+    finished = {name: [r for r in groups[name] if r.complete] for name in present}
+    epochs = sorted({r.planned_epochs for runs in finished.values() for r in runs})
+    left = sum(len(groups[n]) - len(finished[n]) for n in present)
+    head = (f"More seeds, from {folder / 'runs'} ({len(sum(finished.values(), []))} finished "
+            f"run(s) of {'/'.join(map(str, epochs)) or '—'} epochs"
+            + (f"; {left} unfinished run(s) left out" if left else "") + "):")
+    return [head] + collapse_text({n: runs for n, runs in finished.items() if runs},
+                                  [n for n in present if finished[n]])
+
+
 def chance_from(run: Run) -> int:
     """The first epoch of the run's final stretch at chance level."""
     epoch = run.rows[-1]["epoch"]
@@ -530,27 +549,27 @@ class Document:
 def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path) -> None:
     """Confusion matrix, per-class accuracy and misclassified images of each first seed."""
     doc.heading(2, SECTIONS[3])
-    doc.para("The model of the first seed of each recipe, as saved in its last.pt (its "
-             "weight average when the recipe keeps one).")
+    doc.para("The model of the first seed of each recipe after its last epoch (its weight "
+             "average when the recipe keeps one), from the run's predictions.csv, or from "
+             "its last.pt when the run predates that file.")
     test_set: ImageSet | None = None
     for recipe, runs in groups.items():
         run = runs[0]
         doc.heading(3, f"{recipe} ({run.path.name})")
-        checkpoint = RunFolder(run.path).checkpoint
-        if not checkpoint.is_file():
-            doc.para(f"{run.path.name} has no last.pt, so this part is skipped.")
-            continue
         try:
             test_set = test_set or load_split(data_dir, "test")
-            predictor = Predictor.load(checkpoint)
+            final = final_predictions(RunFolder(run.path), run, test_set)
         except CnnlabError as e:
             doc.para(f"Skipped: {e}")
             continue
-        data = test_set.head(predictor.recipe.limit_test)
-        predicted = predictor.logits(data.images).argmax(1)
+        if final is None:
+            doc.para(f"{run.path.name} has neither predictions.csv nor last.pt, so this part "
+                     "is skipped.")
+            continue
+        epoch, data, predicted = final
         matrix = confusion(data.labels, predicted)
         correct = int(np.trace(matrix))
-        doc.para(f"Model after epoch {predictor.epoch}: {correct:,} of {len(data):,} test "
+        doc.para(f"Model after epoch {epoch}: {correct:,} of {len(data):,} test "
                  f"images right ({100 * correct / len(data):.2f}%).")
         doc.figure(f"confusion-{recipe}.png",
                    confusion_figure(f"{recipe}: confusion matrix ({len(data):,} test images)",
@@ -575,6 +594,24 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
             doc.para("No test image is misclassified.")
 
 
+def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
+                      ) -> tuple[int, ImageSet, torch.Tensor] | None:
+    """(epoch, test images, predicted classes) of the run's final model, or None."""
+    saved = folder.read_predictions()
+    if saved is not None:
+        labels, predicted = saved
+        data = test_set.head(len(labels))
+        if not torch.equal(data.labels, labels):
+            raise CnnlabError(f"{folder.predictions_path} does not match the test set in the "
+                              "data folder; point --data-dir at Fashion-MNIST")
+        return run.rows[-1]["epoch"], data, predicted
+    if not folder.checkpoint.is_file():
+        return None
+    predictor = Predictor.load(folder.checkpoint)
+    data = test_set.head(predictor.recipe.limit_test)
+    return predictor.epoch, data, predictor.logits(data.images).argmax(1)
+
+
 def environment_section(doc: Document, runs: list[Run], command: str) -> None:
     def recorded(key: str) -> str:
         return ", ".join(dict.fromkeys(str(r.info.get(key) or "unknown") for r in runs))
@@ -594,10 +631,13 @@ def environment_section(doc: Document, runs: list[Run], command: str) -> None:
     doc.code(command)
 
 
-def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, Path]:
-    """Write DIR/REPORT.md, DIR/report.html and DIR/figures/*.png; return the two reports."""
+def build_report(study_dir: Path, data_dir: Path, command: str,
+                 collapse_dirs: Sequence[Path] = ()) -> tuple[Path, Path]:
+    """Write DIR/REPORT.md, DIR/report.html and DIR/figures/*.png; return the two reports.
+    `collapse_dirs`: folders of more ablation runs whose collapse rates join section 3."""
     study_dir = Path(study_dir)
     groups, skipped = load_runs(study_dir)
+    more_seeds = [more_seeds_text(Path(d)) for d in collapse_dirs]
     figures_dir = study_dir / "figures"
     try:
         figures_dir.mkdir(exist_ok=True)
@@ -631,6 +671,9 @@ def build_report(study_dir: Path, data_dir: Path, command: str) -> tuple[Path, P
                    "BatchNorm ablation: test loss and test accuracy per epoch")
     for text in paragraphs:
         doc.para(text)
+    for head, *rates in more_seeds:
+        doc.para(head)
+        doc.bullets(rates)
 
     final_model_section(doc, groups, data_dir)
     time_section(doc, groups)

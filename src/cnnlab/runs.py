@@ -5,6 +5,7 @@
 | config.json | the resolved recipe and where and how it ran |
 | metrics.csv | one row per finished epoch |
 | last.pt | the checkpoint after the last finished epoch |
+| predictions.csv | that epoch's reported model on each test image: true and predicted class |
 | loss.png, accuracy.png | train, validation and test curves |
 | tensorboard/ | event files, with `--log tensorboard` |
 """
@@ -32,7 +33,8 @@ METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
                   "seconds", "train_img_per_s", "val_loss", "val_acc")
 # Columns a metrics.csv may lack: files written before the validation split existed.
 OPTIONAL_COLUMNS = ("val_loss", "val_acc")
-RUN_FILES = ("last.pt", "metrics.csv", "config.json", "loss.png", "accuracy.png")
+RUN_FILES = ("last.pt", "metrics.csv", "predictions.csv", "config.json", "loss.png",
+             "accuracy.png")
 
 
 def command_line() -> str:
@@ -92,6 +94,10 @@ class RunFolder:
     @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.csv"
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / "predictions.csv"
 
     @property
     def config_path(self) -> Path:
@@ -154,6 +160,29 @@ class RunFolder:
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         write_metrics(self.metrics_path, rows)
+
+    def write_predictions(self, labels: torch.Tensor, predicted: torch.Tensor) -> None:
+        """Kept beside metrics.csv so a report's confusion matrices and misclassified
+        images need no checkpoint (checkpoints are large and seldom committed)."""
+        pairs = zip(labels.tolist(), predicted.tolist(), strict=True)
+        lines = ["label,predicted"] + [f"{t},{p}" for t, p in pairs]
+        atomic_write_text(self.predictions_path, "\n".join(lines) + "\n")
+
+    def read_predictions(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(labels, predicted) from predictions.csv; None when the run has none."""
+        if not self.predictions_path.is_file():
+            return None
+        try:
+            with open(self.predictions_path, newline="") as f:
+                reader = csv.reader(f)
+                if next(reader, None) != ["label", "predicted"]:
+                    raise ValueError("not the header label,predicted")
+                pairs = [(int(t), int(p)) for t, p in reader]
+        except (OSError, ValueError, csv.Error) as e:
+            raise CnnlabError(f"{self.predictions_path}: unreadable ({e}); delete it to use "
+                              "the run's last.pt instead") from e
+        labels, predicted = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).unbind(1)
+        return labels, predicted
 
     def epochs_done(self) -> int:
         return len(self.rows()) if self.checkpoint.is_file() else 0

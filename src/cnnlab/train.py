@@ -223,8 +223,10 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
         try:
             with stop_on_signals() as stop:
                 for epoch in range(len(rows) + 1, recipe.epochs + 1):
-                    rows.append(_epoch(parts, data, run, epoch, rows, stop, progress, loggers,
-                                       per_epoch))
+                    row, predicted = _epoch(parts, data, run, epoch, rows, stop, progress,
+                                            loggers, per_epoch)
+                    rows.append(row)
+                    run.write_predictions(data.test.labels, predicted)
                     save_checkpoint(run.checkpoint, parts.state_dict(), epoch, recipe, rows)
                     run.write_rows(rows)
                     for logger in loggers:
@@ -239,8 +241,9 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
 
 def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int,
            rows: list[dict[str, Any]], stop: StopRequest, progress: bool,
-           loggers: Sequence[Logger], per_epoch: int) -> dict[str, Any]:
-    """Train one epoch, evaluate the recipe's reported weights, step the per-epoch parts."""
+           loggers: Sequence[Logger], per_epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """Train one epoch, evaluate the recipe's reported weights, step the per-epoch parts;
+    return the metrics row and the test-set predictions."""
     start = time.perf_counter()
     lr = parts.optimizer.param_groups[0]["lr"]
     try:
@@ -257,14 +260,14 @@ def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int,
             f"{checkpoint_note(run, len(rows), resume_hint=False)}; try a lower --lr"
         ) from None
     evaluator = Predictor(parts.evaluated, parts.recipe.evaluate.flip)
-    test_loss, test_acc = evaluator.evaluate(data.test)
+    test_loss, test_acc, predicted = evaluator.evaluate_predicted(data.test)
     val_loss, val_acc = evaluator.evaluate(data.val) if data.val is not None else (None, None)
     parts.after_epoch()
     return {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
             "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
             "seconds": time.perf_counter() - start,
             "train_img_per_s": len(data.train) / stats.seconds,
-            "val_loss": val_loss, "val_acc": val_acc}
+            "val_loss": val_loss, "val_acc": val_acc}, predicted
 
 
 def checkpoint_note(run: RunFolder, epochs_done: int, resume_hint: bool = True) -> str:
