@@ -75,6 +75,10 @@ def test_two_workers_run_a_grid_exactly_once(storage: str, tmp_path: Path, data_
     assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
                  "--grid", "optimizer.lr=0.001,0.002 seed=0..1", "--set", "epochs=2",
                  *TINY]) == 0
+    queued = status(name, storage, root)
+    assert [(t["state"], t["params"]) for t in queued][:2] == [
+        ("WAITING", {"optimizer.lr": 0.001, "seed": 0}),
+        ("WAITING", {"optimizer.lr": 0.001, "seed": 1})]
     out = finish(cli("sweep", "work", name, "--storage", storage, "--runs-root", str(root),
                      "--workers", "2", "--data-dir", str(data_dir)))
     trials = status(name, storage, root)

@@ -626,8 +626,10 @@ def trial_rows(study: optuna.Study, sweep_dir: Path) -> list[dict[str, Any]]:
         # A requeued trial inherits its dead worker's attrs; only a taken one has a worker.
         taken = t.state != optuna.trial.TrialState.WAITING
         worker = (taken and t.user_attrs.get("worker")) or [None, None]
+        # A queued grid point has no params yet: Optuna keeps them as its fixed_params.
+        params = t.params or t.system_attrs.get("fixed_params") or {}
         rows.append({"trial": t.number, "state": t.state.name,
-                     "params": {k: t.params[k] for k in sorted(t.params)},
+                     "params": {k: params[k] for k in sorted(params)},
                      "value": t.value, "run": str(folder.path) if folder else None,
                      "epochs": epochs,
                      "host": f"{worker[0]}:{worker[1]}" if worker[0] else None,
