@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cnnlab.cli import main
+from cnnlab.device import machine_name
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
 from cnnlab.report import SECTIONS, build_report
@@ -92,6 +93,11 @@ def test_report_files_and_sections(study: Path) -> None:
         assert f"\n## {heading}\n" in markdown
         assert f"<h2>{heading}</h2>" in page
     assert COMMAND in markdown and COMMAND in page
+    # the runs recorded the CPU they ran on, and the report shows it
+    cpu = machine_name(torch.device("cpu"))
+    assert json.loads((study / "runs" / "lenet-seed0" / "config.json").read_text())[
+        "machine"] == cpu
+    assert f"| machine | {cpu} | {cpu} |" in section(markdown, SECTIONS[5])
 
 
 def test_figures_are_pngs_and_html_is_self_contained(study: Path) -> None:

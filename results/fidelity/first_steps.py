@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import math
-import platform
 import statistics
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from torch import nn
 
 from cnnlab.augment import eval_batch
 from cnnlab.data import load_datasets, resolve_data_dir
-from cnnlab.device import as_input, prepare_model
+from cnnlab.device import as_input, machine_name, prepare_model
 from cnnlab.models import create_model
 from cnnlab.parts import build_parts
 from cnnlab.recipe import builtin
@@ -142,7 +141,8 @@ def main() -> None:
                   + " ".join(f"{k} {100 * v:.0f}%" for k, v in run["dead"].items())
                   + f"  sign≠ {100 * sign_flips / total:.3f}%  drift {drift[-1]:.2e}",
                   flush=True)
-    out = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    out = {"cpu": machine_name(torch.device("cpu")), "torch": torch.__version__,
+           "threads": torch.get_num_threads(),
            "steps": args.steps, "seeds": args.seeds, "runs": results}
     (HERE / "first-steps.json").write_text(json.dumps(out, indent=1) + "\n")
     (HERE / "first-steps.md").write_text(summary(out))
@@ -180,13 +180,6 @@ def summary(out: dict) -> str:
         lines.append(f"| {r['seed']} | {r['losses'][1]:.2f} | {max(r['losses']):.2f} | "
                      f"{r['losses'][-1]:.3f} | {dead} |")
     return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ reference is the ceiling of the speed-up.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from torch.utils.data import DataLoader
 from cnnlab import __version__
 from cnnlab.augment import eval_batch
 from cnnlab.data import ImageSet, load_split
-from cnnlab.device import as_input, prepare_model
+from cnnlab.device import as_input, machine_name, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import predict_logits
 from cnnlab.models import count_macs, get_model
@@ -183,7 +182,7 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
     peak = matmul_peak_gflops() if device.type == "cpu" else None
     result: dict[str, Any] = {
         "cnnlab": __version__, "torch": torch.__version__, "device": str(device),
-        "threads": torch.get_num_threads(), "machine": _machine(device),
+        "threads": torch.get_num_threads(), "machine": machine_name(device),
         "batch_size": BATCH, "steps": steps, "repeats": repeats, "eval_images": len(test_set),
         "matmul_peak_gflops": peak, "models": {},
     }
@@ -191,18 +190,6 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
         log(f"benchmarking {name} ({repeats} repeats of {steps} steps per path)…")
         result["models"][name] = bench_model(name, train_set, test_set, steps, repeats, device)
     return result
-
-
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def format_bench(result: dict[str, Any]) -> str:

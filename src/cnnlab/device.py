@@ -3,6 +3,7 @@ numeric precision."""
 
 from __future__ import annotations
 
+import platform
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -27,6 +28,19 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise CnnlabError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+
+
+def machine_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name: speeds mean little without it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_has_amx_bf16() -> bool:

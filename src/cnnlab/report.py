@@ -30,6 +30,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from cnnlab import __version__  # noqa: E402
 from cnnlab.data import CLASSES, ImageSet, load_split  # noqa: E402
+from cnnlab.device import machine_name  # noqa: E402
 from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
 from cnnlab.inference import Predictor  # noqa: E402
@@ -623,6 +624,7 @@ def environment_section(doc: Document, runs: list[Run], command: str) -> None:
         ["git commit", git_commit() or "unknown", recorded("git_commit")],
         ["torch", torch.__version__, recorded("torch")],
         ["device", "cpu", recorded("device")],
+        ["machine", machine_name(torch.device("cpu")), recorded("machine")],
         ["threads", str(torch.get_num_threads()), recorded("threads")],
         ["date", datetime.now(timezone.utc).isoformat(timespec="seconds"),
          f"{started[0]} to {started[-1]}" if started else "unknown"],

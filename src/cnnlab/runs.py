@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from cnnlab import __version__
+from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write, atomic_write_text
 from cnnlab.recipe import Recipe
@@ -128,6 +129,7 @@ class RunFolder:
             "recipe": recipe.to_dict(),
             "model_code": model_code,
             "device": str(device),
+            "machine": machine_name(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cnnlab": __version__,

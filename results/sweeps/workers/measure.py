@@ -7,12 +7,15 @@ data loading, training, evaluation, bookkeeping). Writes workers.json beside thi
 """
 
 import json
-import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
+
+from cnnlab.device import machine_name
 
 HERE = Path(__file__).parent
 ROOT = HERE / "runs"
@@ -27,13 +30,6 @@ ROUNDS = 2
 def cnnlab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], check=True,
                    stderr=subprocess.DEVNULL)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main() -> None:
@@ -54,7 +50,8 @@ def main() -> None:
             results.append({"layout": label, "round": round_, "wall_s": round(wall, 1),
                             "train_images": images, "img_per_s": round(images / wall, 1)})
             print(json.dumps(results[-1]), flush=True)
-    out = {"cpu": cpu_model(), "cores": len(__import__("os").sched_getaffinity(0)),
+    out = {"cpu": machine_name(torch.device("cpu")),
+           "cores": len(__import__("os").sched_getaffinity(0)),
            "grid": GRID, "settings": SETTINGS, "results": results}
     (HERE / "workers.json").write_text(json.dumps(out, indent=2) + "\n")
 
