@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnlab.bench import _machine
+from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
 from cnnlab.recipe import builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
@@ -39,7 +39,7 @@ def golden_tolerance() -> dict | None:
     on the golden file's CPU, merely running with 1 thread instead of 2 (other reduction
     orders) moved alexnet's test accuracy by 1.2 points and custom's test loss by 6 %."""
     golden = json.loads(GOLDEN.read_text())
-    same = (golden["cpu"] == _machine(CPU) and golden["threads"] == torch.get_num_threads()
+    same = (golden["cpu"] == machine_name(CPU) and golden["threads"] == torch.get_num_threads()
             and golden["torch"] == torch.__version__ and platform.machine() == "x86_64")
     return None if same else {"acc": 0.03, "loss_rel": 0.15}
 

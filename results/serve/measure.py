@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from cnnlab.bench import _machine
 from cnnlab.data import load_datasets, load_split
+from cnnlab.device import machine_name
 from cnnlab.export import export_onnx
 from cnnlab.inference import Predictor
 from cnnlab.recipe import builtin
@@ -66,7 +66,7 @@ def measure(source: Path, expected: list[int], runtime: str) -> dict:
         server.wait()
 
 
-results = {"machine": _machine(torch.device("cpu")), "clients": CLIENTS,
+results = {"machine": machine_name(torch.device("cpu")), "clients": CLIENTS,
            "requests": REQUESTS, "models": {}}
 with tempfile.TemporaryDirectory() as tmp:
     for name, limit in (("lenet", 10_000), ("custom", 3_000)):
