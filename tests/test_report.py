@@ -185,6 +185,19 @@ def test_final_model_needs_no_checkpoint(study: Path, tmp_path: Path, data_dir: 
         (study / "figures" / "misclassified-lenet.png").read_bytes()
 
 
+def test_final_model_comes_from_the_first_seed_that_kept_one(study: Path, tmp_path: Path,
+                                                             data_dir: Path) -> None:
+    for seed, dropped in ((0, ("last.pt", "predictions.csv")), (1, ("last.pt",))):
+        shutil.copytree(study / "runs" / f"lenet-seed{seed}",
+                        tmp_path / "runs" / f"lenet-seed{seed}",
+                        ignore=shutil.ignore_patterns(*dropped))
+    build_report(tmp_path, data_dir, COMMAND)
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[3])
+    assert "### lenet (lenet-seed1)" in text and "lenet-seed0" not in text
+    recorded = read_csv(study / "runs" / "lenet-seed1" / "metrics.csv")[-1]["test_acc"]
+    assert f"test images right ({100 * recorded:.2f}%)" in text
+
+
 # --------------------------------------------------------------------------- synthetic runs
 
 def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[float]) -> None:
@@ -232,7 +245,7 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert "against custom_nobn_lr1e-3 it cannot be judged: custom_nobn_lr1e-3 has only " \
         "one seed" in text
     assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
-    assert "custom-seed0 has neither predictions.csv nor last.pt, so this part is skipped." \
+    assert "No custom run folder has predictions.csv or last.pt, so this part is skipped." \
         in markdown
     assert f"cnnlab report {tmp_path}" in markdown
 

@@ -550,24 +550,26 @@ class Document:
 def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path) -> None:
     """Confusion matrix, per-class accuracy and misclassified images of each first seed."""
     doc.heading(2, SECTIONS[3])
-    doc.para("The model of the first seed of each recipe after its last epoch (its weight "
-             "average when the recipe keeps one), from the run's predictions.csv, or from "
-             "its last.pt when the run predates that file.")
+    doc.para("For each recipe, the model after the last epoch (its weight average when the "
+             "recipe keeps one) of the first seed whose folder kept it: from the run's "
+             "predictions.csv, or from its last.pt for runs that predate that file.")
     test_set: ImageSet | None = None
     for recipe, runs in groups.items():
-        run = runs[0]
+        kept = [r for r in runs if RunFolder(r.path).predictions_path.is_file()
+                or RunFolder(r.path).checkpoint.is_file()]
+        if not kept:
+            doc.heading(3, recipe)
+            doc.para(f"No {recipe} run folder has predictions.csv or last.pt, so this part "
+                     "is skipped.")
+            continue
+        run = kept[0]
         doc.heading(3, f"{recipe} ({run.path.name})")
         try:
             test_set = test_set or load_split(data_dir, "test")
-            final = final_predictions(RunFolder(run.path), run, test_set)
+            epoch, data, predicted = final_predictions(RunFolder(run.path), run, test_set)
         except CnnlabError as e:
             doc.para(f"Skipped: {e}")
             continue
-        if final is None:
-            doc.para(f"{run.path.name} has neither predictions.csv nor last.pt, so this part "
-                     "is skipped.")
-            continue
-        epoch, data, predicted = final
         matrix = confusion(data.labels, predicted)
         correct = int(np.trace(matrix))
         doc.para(f"Model after epoch {epoch}: {correct:,} of {len(data):,} test "
@@ -596,8 +598,9 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
 
 
 def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
-                      ) -> tuple[int, ImageSet, torch.Tensor] | None:
-    """(epoch, test images, predicted classes) of the run's final model, or None."""
+                      ) -> tuple[int, ImageSet, torch.Tensor]:
+    """(epoch, test images, predicted classes) of the run's final model: from
+    predictions.csv, else from last.pt."""
     saved = folder.read_predictions()
     if saved is not None:
         labels, predicted = saved
@@ -606,8 +609,6 @@ def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
             raise CnnlabError(f"{folder.predictions_path} does not match the test set in the "
                               "data folder; point --data-dir at Fashion-MNIST")
         return run.rows[-1]["epoch"], data, predicted
-    if not folder.checkpoint.is_file():
-        return None
     predictor = Predictor.load(folder.checkpoint)
     data = test_set.head(predictor.recipe.limit_test)
     return predictor.epoch, data, predictor.logits(data.images).argmax(1)
