@@ -197,6 +197,17 @@ def test_final_model_comes_from_the_first_seed_that_kept_one(study: Path, tmp_pa
     recorded = read_csv(study / "runs" / "lenet-seed1" / "metrics.csv")[-1]["test_acc"]
     assert f"test images right ({100 * recorded:.2f}%)" in text
 
+    # predictions of another epoch than metrics.csv's last (an interrupted run): not used
+    predictions = tmp_path / "runs" / "lenet-seed1" / "predictions.csv"
+    lines = predictions.read_text().splitlines()
+    label = lines[1].split(",")[0]
+    lines[1] = f"{label},{(int(label) + 1) % 10}" if lines[1] == f"{label},{label}" \
+        else f"{label},{label}"
+    predictions.write_text("\n".join(lines) + "\n")
+    build_report(tmp_path, data_dir, COMMAND)
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[3])
+    assert "predictions.csv is not from the last epoch in metrics.csv" in text
+
 
 # --------------------------------------------------------------------------- synthetic runs
 

@@ -608,6 +608,12 @@ def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
         if not torch.equal(data.labels, labels):
             raise CnnlabError(f"{folder.predictions_path} does not match the test set in the "
                               "data folder; point --data-dir at Fashion-MNIST")
+        # Written just before the epoch's checkpoint and metrics row: an interruption in
+        # between leaves predictions one epoch ahead, until the run is resumed.
+        if abs((labels == predicted).float().mean().item() - run.final_acc) > 1e-6:
+            raise CnnlabError(f"{folder.predictions_path} is not from the last epoch in "
+                              f"metrics.csv (an interrupted run?); resume it with "
+                              f"`cnnlab train --resume {folder.path}`")
         return run.rows[-1]["epoch"], data, predicted
     predictor = Predictor.load(folder.checkpoint)
     data = test_set.head(predictor.recipe.limit_test)
