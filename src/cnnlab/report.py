@@ -169,7 +169,8 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
             ", ".join(str(r.recipe.seed) for r in runs),
             pct_summary([r.final_acc for r in runs]),
             "" if study is None else f"{100 * study:.1f}",
-            "" if study is None else f"{100 * (mean_final(runs) - study):+.2f}",
+            "" if study is None else (f"{100 * (mean_final(runs) - study):+.2f}"
+                                      if trained_as_study(runs) else "— (not its recipe)"),
             pct_summary([r.best_acc for r in runs]),
             "—" if model is None else f"{count_parameters(model):,}",
             "—" if model is None else f"{count_macs(model):,}",
@@ -181,12 +182,20 @@ def results_table(groups: dict[str, list[Run]]) -> tuple[list[str], list[list[st
     return headers, rows
 
 
+def trained_as_study(runs: list[Run]) -> bool:
+    """Whether the runs trained as long as the study's recipe, on all the data: only then
+    is their accuracy comparable with the study's (a sweep may run its first epochs only)."""
+    return all((r.recipe.name not in STUDY_ORDER
+                or r.recipe.epochs == builtin(r.recipe.name).epochs)
+               and not r.recipe.limit_train and not r.recipe.limit_test for r in runs)
+
+
 def band_verdict(name: str, runs: list[Run]) -> str | None:
     """Whether the final accuracy lands within the recipe's tolerance of the study's."""
-    study_spec = runs[0].recipe.study
-    tolerance = study_spec.tolerance
-    if tolerance is None or any(r.recipe.limit_train for r in runs):
+    tolerance = runs[0].recipe.study.tolerance
+    if tolerance is None or not trained_as_study(runs):
         return None
+    study_spec = runs[0].recipe.study
     study, ours = 100 * study_spec.accuracy, 100 * mean_final(runs)
     inside = abs(ours - study) <= tolerance
     return (f"{name}: {ours:.2f}% is {'within' if inside else 'OUTSIDE'} ±{tolerance} "
@@ -555,18 +564,19 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
              "predictions.csv, or from its last.pt for runs that predate that file.")
     test_set: ImageSet | None = None
     for recipe, runs in groups.items():
-        kept = [r for r in runs if RunFolder(r.path).predictions_path.is_file()
-                or RunFolder(r.path).checkpoint.is_file()]
+        folders = [(r, RunFolder(r.path)) for r in runs]
+        kept = [(r, f) for r, f in folders
+                if f.predictions_path.is_file() or f.checkpoint.is_file()]
         if not kept:
             doc.heading(3, recipe)
             doc.para(f"No {recipe} run folder has predictions.csv or last.pt, so this part "
                      "is skipped.")
             continue
-        run = kept[0]
+        run, folder = kept[0]
         doc.heading(3, f"{recipe} ({run.path.name})")
         try:
             test_set = test_set or load_split(data_dir, "test")
-            epoch, data, predicted = final_predictions(RunFolder(run.path), run, test_set)
+            epoch, data, predicted = final_predictions(folder, run, test_set)
         except CnnlabError as e:
             doc.para(f"Skipped: {e}")
             continue
@@ -665,7 +675,9 @@ def build_report(study_dir: Path, data_dir: Path, command: str,
     doc.bullets(skipped + results_notes(groups) + [
         "Best-epoch accuracy is the highest test accuracy of any epoch, so the epoch is "
         "selected on the test set: an optimistic figure, not a fair estimate.",
-        "Δ is the final accuracy (mean over seeds) minus the study's, in percentage points."])
+        "Δ is the final accuracy (mean over seeds) minus the study's, in percentage points; "
+        "left out for runs that trained for other epochs or on subsets than the study's "
+        "recipe."])
 
     doc.heading(2, SECTIONS[1])
     for recipe, runs in groups.items():

@@ -65,6 +65,13 @@ def import_optuna() -> Any:
 
 # --------------------------------------------------------------------------- storage
 
+def requeue() -> Any:
+    """The one policy for a dead worker's trial, on either storage: a fresh copy with the
+    same parameters and its reported epochs, at most MAX_RETRIES times."""
+    return import_optuna().storages.RetryHeartbeatStaleTrialCallback(
+        max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+
+
 def open_storage(url: str, heartbeat: int = 20) -> Any:
     """A journal file (any path) or a database URL (postgresql://user:pw@host/db).
 
@@ -90,8 +97,7 @@ def open_storage(url: str, heartbeat: int = 20) -> Any:
             url.replace("postgresql://", "postgresql+psycopg://", 1),
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=MAX_RETRIES, inherit_intermediate_values=True))
+            heartbeat_stale_trial_callback=requeue())
     except ModuleNotFoundError as e:
         raise CnnlabError(f"--storage {safe_url(url)}: the database driver {e.name} is "
                           f"missing; install it with {INSTALL_HINT}") from None
@@ -453,8 +459,7 @@ class Worker:
             return  # another worker got there first
         frozen = self.storage.get_trial(trial_id)
         self.say(f"trial {frozen.number} requeued: {why}")
-        optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=MAX_RETRIES, inherit_intermediate_values=True)(self.study, frozen)
+        requeue()(self.study, frozen)
 
     def run_trial(self, trial: optuna.Trial) -> None:
         optuna = import_optuna()
