@@ -1,0 +1,130 @@
+"""The path from the study's recipe to faster ones, one change at a time, judged on the
+validation split: the rows of ABLATION.md.
+
+Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
+
+    python results/recipes/ablate.py run [--rows KEY,KEY] [--seeds 0,1]
+    python results/recipes/ablate.py table
+
+`run` trains each row's seeds one after another, each with `cnnlab train` on one thread,
+into results/recipes/ablation/<row>-seed<S>/; finished runs are skipped and interrupted
+ones resumed, so it can be stopped and run again. Two `run`s side by side (say --seeds 0
+and --seeds 1) use both cores of a 2-core machine: on the AMD EPYC these rows were measured
+on, a second thread speeds one run up by only ~10 %, so the training times in the table
+are one-thread times with the other core busy, comparable between rows only. Every row
+holds out 10,000 training images (`--val-split 10000`) and is judged by its final
+validation accuracy; the test set is evaluated each epoch by the training loop but never
+read here. `table` prints the table with the command of each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cnnlab.report import Run, elapsed, read_run
+
+OUT = Path("results/recipes/ablation")  # from the repository root, as the commands print
+VAL = 10_000
+
+
+@dataclass
+class Row:
+    key: str  # run folders are <key>-seed<S>
+    change: str  # what this row changes, against the row it builds on
+    recipe: str  # a built-in recipe
+    settings: dict[str, str]  # --set KEY=VALUE, everything that differs from the recipe
+
+    def command(self, seed: int) -> list[str]:
+        sets = [arg for k, v in self.settings.items() for arg in ("--set", f"{k}={v}")]
+        return ["cnnlab", "train", self.recipe, "--val-split", str(VAL), "--seed", str(seed),
+                "--threads", "1", *sets, "--out", str(OUT / f"{self.key}-seed{seed}")]
+
+
+def path(recipe: str, steps: list[tuple[str, str, dict[str, str], bool]]) -> list[Row]:
+    """Rows that each add one change to the last kept row; a change that did not help is
+    measured (kept=False) and the next row builds on the row before it."""
+    rows, settings = [], {}
+    for key, change, update, kept in steps:
+        row = Row(key, change, recipe, {**settings, **update})
+        rows.append(row)
+        if kept:
+            settings = row.settings
+    return rows
+
+
+SGD_ONECYCLE = {"batch_size": "256", "optimizer.name": "sgd", "optimizer.lr": "0.4",
+                "optimizer.nesterov": "true", "optimizer.weight_decay": "5e-4",
+                "optimizer.norm_bias_decay": "false", "schedule.name": "onecycle",
+                "schedule.anneal": "linear"}
+ROWS: list[Row] = path("custom", [
+    ("study-1ep", "the study's `custom` recipe, cut to 1 epoch",
+     {"epochs": "1"}, False),
+    ("speednet-2ep", "speednet (32/64/128, depth 2) instead of the custom network, 2 epochs",
+     {"epochs": "2", "model.name": "speednet"}, True),
+    ("sgd-onecycle", "Nesterov SGD at batch 256 on a linear one-cycle schedule instead of "
+     "Adam with StepLR", SGD_ONECYCLE, True),
+])
+
+
+def run(rows: list[Row], seeds: list[int]) -> None:
+    for row in rows:
+        for seed in seeds:
+            folder = OUT / f"{row.key}-seed{seed}"
+            if (folder / "metrics.csv").exists() and read_run(folder).complete:
+                continue
+            args = row.command(seed)
+            if (folder / "last.pt").exists():
+                args = ["cnnlab", "train", "--resume", str(folder), "--threads", "1"]
+            print("$", shlex.join(args), flush=True)
+            subprocess.run([sys.executable, "-m", "cnnlab.cli", *args[1:], "--quiet"],
+                           check=True)
+
+
+def table(rows: list[Row]) -> str:
+    runs: dict[str, list[Run]] = {}
+    for folder in sorted(OUT.glob("*-seed*")):
+        run = read_run(folder)
+        if run.complete:
+            runs.setdefault(folder.name.rsplit("-seed", 1)[0], []).append(run)
+    lines = ["| row | change | seeds | validation accuracy (%) | training time per run (s) "
+             "| machine | command (per seed S) |", "|" + " --- |" * 7]
+    for row in rows:
+        done = runs.get(row.key, [])
+        if not done:
+            continue
+        acc = [100 * r.rows[-1]["val_acc"] for r in done]
+        seconds = [elapsed(r)[-1] for r in done]
+        cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
+                f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
+        command = shlex.join(row.command(0)).replace("--seed 0", "--seed S").replace(
+            "-seed0", "-seedS")
+        machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
+        lines.append(f"| {row.key} | {row.change} | {', '.join(str(r.recipe.seed) for r in done)}"
+                     f" | {cell} | {statistics.mean(seconds):.0f} | {machines} | `{command}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=("run", "table"))
+    parser.add_argument("--rows", help="comma-separated row keys (default: all)")
+    parser.add_argument("--seeds", default="0,1")
+    args = parser.parse_args()
+    keys = args.rows.split(",") if args.rows else [r.key for r in ROWS]
+    if unknown := set(keys) - {r.key for r in ROWS}:
+        parser.error(f"unknown row(s) {', '.join(sorted(unknown))}")
+    rows = [r for r in ROWS if r.key in keys]
+    if args.action == "run":
+        run(rows, [int(s) for s in args.seeds.split(",")])
+    else:
+        print(table(rows), end="")
+
+
+if __name__ == "__main__":
+    main()
