@@ -82,3 +82,34 @@ def test_speednet_takes_widths_and_depth():
         get_model("speednet", widths=[8] * 5)
     with pytest.raises(CnnlabError, match="depth must be a positive integer"):
         get_model("speednet", depth=0)
+
+
+def test_whitening_stem_whitens_the_patches_it_was_fitted_to(data_dir):
+    from cnnlab.augment import eval_batch
+    from cnnlab.data import load_split
+    from cnnlab.models import fit_to_data
+
+    images = eval_batch(load_split(data_dir, "train").images[:500])
+    model = get_model("speednet", widths=[16, 32], depth=1, whiten=3)
+    stem = model.stem[0]
+    assert count_parameters(model) == count_parameters(get_model(
+        "speednet", widths=[16, 32], depth=1, stem=18)) - 18 * 9 - 2 * 18 + 18
+    # the learned stem's conv weights and BatchNorm are gone, the whitening bias is learned
+    fit_to_data(model, images)
+    out = stem(images) - stem.bias.view(1, -1, 1, 1)
+    assert out.shape == (500, 18, 26, 26)
+    # the first 9 channels are uncorrelated with unit variance (a little less for the
+    # faintest directions, whose variance is comparable to eps), the rest negated
+    first = out[:, :9].permute(1, 0, 2, 3).reshape(9, -1).detach()
+    covariance = first @ first.T / first.shape[1]
+    variances = covariance.diagonal()
+    assert torch.allclose(covariance - torch.diag(variances), torch.zeros(9, 9), atol=1e-3)
+    assert ((variances > 0.9) & (variances < 1 + 1e-4)).all(), variances
+    assert torch.equal(out[:, 9:], -out[:, :9])
+    # the filters are a buffer: saved with the model, not a trained parameter
+    fresh = get_model("speednet", widths=[16, 32], depth=1, whiten=3)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.stem[0].weight, stem.weight)
+    assert "stem.0.weight" not in dict(model.named_parameters())
+    with pytest.raises(CnnlabError, match="whiten must be a patch size"):
+        get_model("speednet", whiten=7)

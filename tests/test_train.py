@@ -125,6 +125,26 @@ def test_resume_is_exact_with_every_new_part(tmp_path, data_dir):
     assert int(state["averaged"]["n_averaged"]) == 3 * 13  # 640 / 50 → 13 steps an epoch
 
 
+def test_a_whitening_stem_is_fitted_once_and_stays_frozen(tmp_path, data_dir):
+    """speednet's whitening filters come from the run's training images before the first
+    step, are not trained, and a resumed run keeps them (and its metrics) exactly."""
+    from cnnlab.augment import eval_batch
+    from cnnlab.data import load_datasets
+    from cnnlab.models import fit_to_data, get_model
+
+    args = {"widths": [8, 16], "depth": 1, "whiten": 2}
+    recipe = study_recipe("custom", epochs=2, limit_train=256, limit_test=100,
+                          **{"model.name": "speednet", "model.args": args})
+    assert_resume_is_exact(recipe, tmp_path, data_dir)
+    expected = get_model("speednet", **args)
+    train_images = load_datasets(data_dir, 0, 256, 100).train.images
+    fit_to_data(expected, eval_batch(train_images))
+    for run in ("a", "b"):
+        state = torch.load(tmp_path / run / "last.pt", weights_only=True)["model"]
+        assert torch.allclose(state["stem.0.weight"], expected.stem[0].weight)
+        assert state["stem.0.weight"].abs().sum() > 0
+
+
 def test_the_study_s_own_way_resumes_exactly(tmp_path, data_dir):
     """Every part of the fast path switched to the study's way: torchvision's transforms one
     image at a time behind a shuffling DataLoader, NCHW, plain Adam, the plain stem."""

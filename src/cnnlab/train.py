@@ -24,13 +24,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cnnlab.augment import Draws, augment_batch
+from cnnlab.augment import Draws, augment_batch, eval_batch
 from cnnlab.checkpoint import load_checkpoint, save_checkpoint
 from cnnlab.data import Datasets, ImageSet
 from cnnlab.device import as_input, autocast, check_precision, prepare_model
 from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.inference import Predictor
-from cnnlab.models import create_model
+from cnnlab.models import create_model, fit_to_data
 from cnnlab.parts import Parts, build_parts, loss_fn
 from cnnlab.recipe import Recipe, from_record
 from cnnlab.runs import RunFolder
@@ -189,6 +189,10 @@ def per_image_batches(recipe: Recipe, data: ImageSet, epoch: int,
         yield x.to(device), labels.to(device)
 
 
+# Training images that layers set from data (speednet's whitening stem) are fitted to.
+FIT_IMAGES = 2000
+
+
 def steps_per_epoch(recipe: Recipe, data: Datasets) -> int:
     return math.ceil(len(data.train) / recipe.batch_size)
 
@@ -208,6 +212,8 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
         torch.manual_seed(recipe.seed)
         model = prepare_model(create_model(recipe.model.name, recipe.model.args, model_code),
                               device, recipe.model.memory_format)
+        if not resume:  # a resumed run has them in its checkpoint
+            fit_to_data(model, eval_batch(data.train.images[:FIT_IMAGES]))
         parts = build_parts(recipe, model, device, per_epoch)
         rows: list[dict[str, Any]] = []
         if resume:

@@ -5,11 +5,12 @@ from cnnlab.models.registry import (
     count_macs,
     count_parameters,
     create_model,
+    fit_to_data,
     get_model,
     is_user_code,
     list_models,
     register_model,
 )
 
-__all__ = ["count_macs", "count_parameters", "create_model", "get_model", "is_user_code",
-           "list_models", "register_model"]
+__all__ = ["count_macs", "count_parameters", "create_model", "fit_to_data", "get_model",
+           "is_user_code", "list_models", "register_model"]

@@ -133,6 +133,15 @@ def get_model(name: str, **args: Any) -> nn.Module:
     return create_model(name, args)
 
 
+def fit_to_data(model: nn.Module, images: torch.Tensor) -> None:
+    """Let layers whose weights come from the data (those with a `fit_to_data(images)`
+    method, like speednet's whitening stem) set them, before the first training step.
+    `images`: normalized training images (N, 1, 28, 28)."""
+    for module in model.modules():
+        if callable(fit := getattr(module, "fit_to_data", None)):
+            fit(images)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

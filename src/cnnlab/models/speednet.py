@@ -2,13 +2,19 @@
 speed runs' networks (airbench): a stem convolution, then blocks of
 conv → max-pool → BatchNorm → GELU → (conv → BatchNorm → GELU) × (depth − 1),
 global max pooling and a linear head. Widths and depth are arguments, so recipes can trade
-accuracy for time: each block halves the resolution (28 → 14 → 7 → 3 → 1)."""
+accuracy for time: each block halves the resolution (28 → 14 → 7 → 3 → 1).
+
+With `whiten=k` the stem is the speed runs' frozen patch-whitening layer instead of a
+learned convolution: its 2·k² filters are the principal directions of the training images'
+k×k patches, scaled to unit variance, and their negatives, set from the data before the
+first step (`fit_to_data`) and never trained."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnlab.errors import CnnlabError
@@ -22,11 +28,43 @@ def conv_bn_gelu(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
     return layers + [nn.BatchNorm2d(c_out), nn.GELU()]
 
 
-class SpeedNet(nn.Module):
-    def __init__(self, widths: Sequence[int], depth: int, stem: int) -> None:
+class PatchWhitening(nn.Module):
+    """A k×k convolution (no padding) whose filters whiten the training images' patches.
+
+    The filters are a buffer: saved and loaded with the model, never trained; the bias is
+    learned. Until `fit_to_data` runs the filters are zero."""
+
+    def __init__(self, k: int, eps: float = 5e-4) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*conv_bn_gelu(1, stem, pool=False))
-        blocks, c_in = [], stem
+        self.eps = eps
+        self.register_buffer("weight", torch.zeros(2 * k * k, 1, k, k))
+        self.bias = nn.Parameter(torch.zeros(2 * k * k))
+
+    @torch.no_grad()
+    def fit_to_data(self, images: torch.Tensor) -> None:
+        """`images`: normalized training images (N, 1, H, W), as the network sees them."""
+        k = self.weight.shape[-1]
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).reshape(-1, k * k)
+        covariance = patches.T @ patches / len(patches)
+        variances, directions = torch.linalg.eigh(covariance.double())
+        filters = directions.T / (variances + self.eps).sqrt()[:, None]
+        filters = filters.reshape(k * k, 1, k, k).to(self.weight.dtype)
+        self.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias)
+
+
+class SpeedNet(nn.Module):
+    def __init__(self, widths: Sequence[int], depth: int, stem: int, whiten: int) -> None:
+        super().__init__()
+        if whiten:
+            self.stem = nn.Sequential(PatchWhitening(whiten), nn.GELU())
+            c_in = 2 * whiten * whiten
+        else:
+            self.stem = nn.Sequential(*conv_bn_gelu(1, stem, pool=False))
+            c_in = stem
+        blocks = []
         for width in widths:
             layers = conv_bn_gelu(c_in, width, pool=True)
             for _ in range(depth - 1):
@@ -42,13 +80,17 @@ class SpeedNet(nn.Module):
 
 @register_model("speednet")
 def speednet(widths: Sequence[int] = (32, 64, 128), depth: int = 2,
-             stem: int = 24) -> SpeedNet:
+             stem: int = 24, whiten: int = 0) -> SpeedNet:
     """widths: channels of each block (1 to 4 blocks); depth: convolutions per block;
-    stem: channels of the first convolution."""
+    stem: channels of the learned first convolution; whiten: k > 0 replaces it with the
+    frozen k×k patch-whitening layer (2·k² channels)."""
     if not 1 <= len(widths) <= 4 or any(int(w) != w or w < 1 for w in (*widths, stem)):
         raise CnnlabError(f"speednet: widths {list(widths)} and stem {stem} must be 1 to 4 "
                           "positive integers (each block halves the 28-pixel image) and a "
                           "positive integer")
     if int(depth) != depth or depth < 1:
         raise CnnlabError(f"speednet: depth must be a positive integer (got {depth})")
-    return SpeedNet([int(w) for w in widths], int(depth), int(stem))
+    if int(whiten) != whiten or not 0 <= whiten <= 5:
+        raise CnnlabError(f"speednet: whiten must be a patch size from 1 to 5, or 0 for a "
+                          f"learned stem (got {whiten})")
+    return SpeedNet([int(w) for w in widths], int(depth), int(stem), int(whiten))
