@@ -256,7 +256,9 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert "against custom_nobn_lr1e-3 it cannot be judged: custom_nobn_lr1e-3 has only " \
         "one seed" in text
     assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
-    assert "No custom run folder has predictions.csv or last.pt, so this part is skipped." \
+    assert ("No custom run folder has predictions.csv or last.pt, so this part is skipped "
+            "(its runs predate predictions.csv, and their checkpoints were not kept); one more "
+            f"seed adds it: `cnnlab reproduce --runs custom --seeds 2 --out {tmp_path}`.") \
         in markdown
     assert f"cnnlab report {tmp_path}" in markdown
 

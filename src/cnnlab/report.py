@@ -570,7 +570,10 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
         if not kept:
             doc.heading(3, recipe)
             doc.para(f"No {recipe} run folder has predictions.csv or last.pt, so this part "
-                     "is skipped.")
+                     "is skipped (its runs predate predictions.csv, and their checkpoints "
+                     f"were not kept); one more seed adds it: `cnnlab reproduce --runs {recipe} "
+                     f"--seeds {max(r.recipe.seed for r in runs) + 1} "
+                     f"--out {runs[0].path.parent.parent}`.")
             continue
         run, folder = kept[0]
         doc.heading(3, f"{recipe} ({run.path.name})")
