@@ -40,7 +40,7 @@ class Row:
     recipe: str  # a built-in recipe
     settings: dict[str, str]  # --set KEY=VALUE, everything that differs from the recipe
 
-    def command(self, seed: int) -> list[str]:
+    def command(self, seed: int | str) -> list[str]:
         sets = [arg for k, v in self.settings.items() for arg in ("--set", f"{k}={v}")]
         return ["cnnlab", "train", self.recipe, "--val-split", str(VAL), "--seed", str(seed),
                 "--threads", "1", *sets, "--out", str(OUT / f"{self.key}-seed{seed}")]
@@ -102,8 +102,7 @@ def table(rows: list[Row]) -> str:
         seconds = [elapsed(r)[-1] for r in done]
         cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
                 f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
-        command = shlex.join(row.command(0)).replace("--seed 0", "--seed S").replace(
-            "-seed0", "-seedS")
+        command = shlex.join(row.command("S"))
         machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
         lines.append(f"| {row.key} | {row.change} | {', '.join(str(r.recipe.seed) for r in done)}"
                      f" | {cell} | {statistics.mean(seconds):.0f} | {machines} | `{command}` |")

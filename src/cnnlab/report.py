@@ -192,10 +192,10 @@ def trained_as_study(runs: list[Run]) -> bool:
 
 def band_verdict(name: str, runs: list[Run]) -> str | None:
     """Whether the final accuracy lands within the recipe's tolerance of the study's."""
-    tolerance = runs[0].recipe.study.tolerance
+    study_spec = runs[0].recipe.study
+    tolerance = study_spec.tolerance
     if tolerance is None or not trained_as_study(runs):
         return None
-    study_spec = runs[0].recipe.study
     study, ours = 100 * study_spec.accuracy, 100 * mean_final(runs)
     inside = abs(ours - study) <= tolerance
     return (f"{name}: {ours:.2f}% is {'within' if inside else 'OUTSIDE'} ±{tolerance} "
