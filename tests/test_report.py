@@ -399,5 +399,26 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
     assert rows["lenet"]["seeds reaching 93.3%"] == "0 of 1"
     assert rows["lenet"]["time to reach it (min)"] == "never"
     assert rows["lenet"]["training time per run (min)"] == "0.33"
+    assert rows["lenet"]["machine"] == "not recorded"
     assert "these ran on: cuda × 8 threads" in text
     assert (tmp_path / "figures" / "time-to-accuracy.png").stat().st_size > 10_000
+
+
+def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkeypatch) -> None:
+    """--time-runs: the study's runs beside a new recipe's in section 5, nowhere else; a
+    recipe name present in both is told apart by its folder."""
+    recipes, study = tmp_path / "recipes", tmp_path / "study"
+    fake_run(recipes, "custom", 0, [0.92, 0.935], [0.3, 0.2])
+    fake_run(study, "custom", 0, [0.90, 0.92, 0.934], [0.4, 0.3, 0.3])
+    fake_run(study, "lenet", 0, [0.88, 0.90], [0.4, 0.3])
+    info_path = study / "runs" / "lenet-seed0" / "config.json"
+    info_path.write_text(json.dumps({**json.loads(info_path.read_text()), "machine": "AMD EPYC"}))
+    monkeypatch.setattr(sys, "argv", ["cnnlab", "report"])
+    assert main(["report", str(recipes), "--time-runs", str(study)]) == 0
+    capsys.readouterr()
+    markdown = (recipes / "REPORT.md").read_text()
+    rows = {row["recipe"]: row for row in parse_table(section(markdown, SECTIONS[4]))}
+    assert list(rows) == ["custom", "lenet", f"custom ({study})"]
+    assert rows[f"custom ({study})"]["first epoch"] == "3"
+    assert rows["lenet"]["machine"] == "AMD EPYC"
+    assert [row["recipe"] for row in parse_table(section(markdown, SECTIONS[0]))] == ["custom"]

@@ -4,7 +4,7 @@ validation split: the rows of ABLATION.md.
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
     python results/recipes/ablate.py run [--rows KEY,KEY] [--seeds 0,1]
-    python results/recipes/ablate.py table
+    python results/recipes/ablate.py table > results/recipes/ABLATION.md
 
 `run` trains each row's seeds one after another, each with `cnnlab train` on one thread,
 into results/recipes/ablation/<row>-seed<S>/; finished runs are skipped and interrupted
@@ -14,7 +14,7 @@ on, a second thread speeds one run up by only ~10 %, so the training times in th
 are one-thread times with the other core busy, comparable between rows only. Every row
 holds out 10,000 training images (`--val-split 10000`) and is judged by its final
 validation accuracy; the test set is evaluated each epoch by the training loop but never
-read here. `table` prints the table with the command of each row.
+read here. `table` prints ABLATION.md: the table with the command of each row.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Row:
     change: str  # what this row changes, against the row it builds on
     recipe: str  # a built-in recipe
     settings: dict[str, str]  # --set KEY=VALUE, everything that differs from the recipe
+    kept: bool  # whether the rows after it build on it
 
     def command(self, seed: int | str) -> list[str]:
         sets = [arg for k, v in self.settings.items() for arg in ("--set", f"{k}={v}")]
@@ -51,7 +52,7 @@ def path(recipe: str, steps: list[tuple[str, str, dict[str, str], bool]]) -> lis
     measured (kept=False) and the next row builds on the row before it."""
     rows, settings = [], {}
     for key, change, update, kept in steps:
-        row = Row(key, change, recipe, {**settings, **update})
+        row = Row(key, change, recipe, {**settings, **update}, kept)
         rows.append(row)
         if kept:
             settings = row.settings
@@ -69,6 +70,8 @@ ROWS: list[Row] = path("custom", [
      {"epochs": "2", "model.name": "speednet"}, True),
     ("sgd-onecycle", "Nesterov SGD at batch 256 on a linear one-cycle schedule instead of "
      "Adam with StepLR", SGD_ONECYCLE, True),
+    ("label-smoothing", "cross-entropy with label smoothing 0.1",
+     {"loss.label_smoothing": "0.1"}, True),
 ])
 
 
@@ -87,13 +90,23 @@ def run(rows: list[Row], seeds: list[int]) -> None:
 
 
 def table(rows: list[Row]) -> str:
+    """ABLATION.md: the rows measured so far, with the command of each."""
     runs: dict[str, list[Run]] = {}
     for folder in sorted(OUT.glob("*-seed*")):
         run = read_run(folder)
         if run.complete:
             runs.setdefault(folder.name.rsplit("-seed", 1)[0], []).append(run)
-    lines = ["| row | change | seeds | validation accuracy (%) | training time per run (s) "
-             "| machine | command (per seed S) |", "|" + " --- |" * 7]
+    lines = ["# From the study's recipe to faster ones, one change at a time", "",
+             "Each row adds one change to the last row marked *kept*; a row that is not kept "
+             "was measured and dropped, and the next row builds on the one before it. "
+             f"Every run holds out {VAL:,} training images and is judged by its final "
+             "validation accuracy (the test set is never read here). Training time is the "
+             "sum of metrics.csv's seconds (training and per-epoch evaluation), one thread "
+             "per run with the two seeds side by side on the machine named. Produced by "
+             "`python results/recipes/ablate.py run --seeds S` for S = 0 and 1, then "
+             "`python results/recipes/ablate.py table > results/recipes/ABLATION.md`.", "",
+             "| row | change | kept | seeds | validation accuracy (%) | training time per "
+             "run (s) | machine | command (per seed S) |", "|" + " --- |" * 8]
     for row in rows:
         done = runs.get(row.key, [])
         if not done:
@@ -104,8 +117,9 @@ def table(rows: list[Row]) -> str:
                 f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
         command = shlex.join(row.command("S"))
         machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
-        lines.append(f"| {row.key} | {row.change} | {', '.join(str(r.recipe.seed) for r in done)}"
-                     f" | {cell} | {statistics.mean(seconds):.0f} | {machines} | `{command}` |")
+        lines.append(f"| {row.key} | {row.change} | {'yes' if row.kept else 'no'} | "
+                     f"{', '.join(str(r.recipe.seed) for r in done)} | {cell} | "
+                     f"{statistics.mean(seconds):.0f} | {machines} | `{command}` |")
     return "\n".join(lines) + "\n"
 
 

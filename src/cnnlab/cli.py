@@ -244,7 +244,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from cnnlab.report import build_report
 
     for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
-                             [Path(d) for d in args.collapse_runs]):
+                             [Path(d) for d in args.collapse_runs],
+                             [Path(d) for d in args.time_runs]):
         print(f"wrote {path}")
     print_results(Path(args.dir))
 
@@ -587,6 +588,9 @@ def build_parser() -> Parser:
     p.add_argument("--collapse-runs", action="append", default=[], metavar="DIR",
                    help="a folder of more BatchNorm-ablation runs (e.g. a sweep's, "
                    "DIR/runs/*): their collapse rate joins section 3 (repeatable)")
+    p.add_argument("--time-runs", action="append", default=[], metavar="DIR",
+                   help="a folder of other recipes' runs (e.g. results/study): they join "
+                   "the time-to-accuracy figure and table of section 5 (repeatable)")
     p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",

@@ -31,23 +31,28 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def machine_name(device: torch.device) -> str:
-    """The GPU's or CPU's model name: speeds mean little without it."""
+    """The GPU's model name, or the CPU's with its widest vector unit: speeds mean little
+    without them (one CPU model name, e.g. "AMD EPYC", covers chips with and without
+    AVX-512)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    name, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    units = [unit for flag, unit in (("amx_bf16", "AMX-bf16"), ("avx512f", "AVX-512"),
+                                     ("avx2", "AVX2")) if flag in flags]
+    return f"{name} ({units[0]})" if units else name
 
 
 def cpu_has_amx_bf16() -> bool:
-    try:
-        return " amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    return machine_name(torch.device("cpu")).endswith("(AMX-bf16)")
 
 
 def check_precision(precision: str, device: torch.device) -> None:

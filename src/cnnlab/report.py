@@ -442,7 +442,7 @@ def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
 def time_table(groups: dict[str, list[Run]], target: float) -> tuple[list[str], list[list[str]]]:
     headers = ["recipe", "seeds", f"seeds reaching {100 * target:.1f}%",
                "time to reach it (min)", "first epoch", "final accuracy",
-               "training time per run (min)"]
+               "training time per run (min)", "machine"]
     rows = []
     for name, runs in groups.items():
         reached = [hit for r in runs if (hit := time_to(r, target))]
@@ -450,8 +450,13 @@ def time_table(groups: dict[str, list[Run]], target: float) -> tuple[list[str], 
                      spread([t / 60 for _, t in reached]) if reached else "never",
                      ", ".join(str(e) for e, _ in reached) or "–",
                      pct_summary([r.final_acc for r in runs]),
-                     spread([elapsed(r)[-1] / 60 for r in runs])])
+                     spread([elapsed(r)[-1] / 60 for r in runs]), machines(runs)])
     return headers, rows
+
+
+def machines(runs: list[Run]) -> str:
+    """The CPU or GPU models the runs recorded (older run folders did not record one)."""
+    return ", ".join(dict.fromkeys(str(r.info.get("machine", "not recorded")) for r in runs))
 
 
 def time_figure(groups: dict[str, list[Run]], target: float) -> Figure:
@@ -654,12 +659,18 @@ def environment_section(doc: Document, runs: list[Run], command: str) -> None:
 
 
 def build_report(study_dir: Path, data_dir: Path, command: str,
-                 collapse_dirs: Sequence[Path] = ()) -> tuple[Path, Path]:
+                 collapse_dirs: Sequence[Path] = (),
+                 time_dirs: Sequence[Path] = ()) -> tuple[Path, Path]:
     """Write DIR/REPORT.md, DIR/report.html and DIR/figures/*.png; return the two reports.
-    `collapse_dirs`: folders of more ablation runs whose collapse rates join section 3."""
+    `collapse_dirs`: folders of more ablation runs whose collapse rates join section 3;
+    `time_dirs`: folders of other recipes' runs (e.g. the study's) that join section 5."""
     study_dir = Path(study_dir)
     groups, skipped = load_runs(study_dir)
     more_seeds = [more_seeds_text(Path(d)) for d in collapse_dirs]
+    timed = dict(groups)
+    for folder in map(Path, time_dirs):
+        for name, runs in load_runs(folder)[0].items():
+            timed[name if name not in timed else f"{name} ({folder})"] = runs
     figures_dir = study_dir / "figures"
     try:
         figures_dir.mkdir(exist_ok=True)
@@ -700,7 +711,7 @@ def build_report(study_dir: Path, data_dir: Path, command: str,
         doc.bullets(rates)
 
     final_model_section(doc, groups, data_dir)
-    time_section(doc, groups)
+    time_section(doc, timed)
     environment_section(doc, [r for runs in groups.values() for r in runs], command)
 
     md_path, html_path = study_dir / "REPORT.md", study_dir / "report.html"
