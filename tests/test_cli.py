@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from cnnlab.cli import main
+from cnnlab.recipe import list_builtin
 from cnnlab.runs import read_metrics
 
 
@@ -117,8 +118,7 @@ def test_recipe_errors_name_the_file_and_key(tmp_path, capsys):
     assert code == 2 and f"{bad}: augment[0].p = 2.0: must be [0, 1]" in err
 
 
-@pytest.mark.parametrize("name", ["lenet", "alexnet", "custom", "custom_nobn",
-                                  "custom_nobn_lr1e-3"])
+@pytest.mark.parametrize("name", list_builtin())
 def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path, capsys, name):
     from cnnlab.recipe import builtin, load_file
 

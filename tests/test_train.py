@@ -1,4 +1,5 @@
 import json
+import math
 import platform
 from pathlib import Path
 
@@ -7,7 +8,7 @@ import torch
 
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
-from cnnlab.recipe import builtin
+from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
 from cnnlab.train import Logger, resume_recipe
 from conftest import CPU, computed, study_recipe, train_recipe
@@ -123,6 +124,16 @@ def test_resume_is_exact_with_every_new_part(tmp_path, data_dir):
     assert lrs[0] < lrs[1] and lrs[2] < lrs[1]  # one-cycle, stepped per batch
     state = torch.load(tmp_path / "b/last.pt", weights_only=True)
     assert int(state["averaged"]["n_averaged"]) == 3 * 13  # 640 / 50 → 13 steps an epoch
+
+
+@pytest.mark.parametrize("name", sorted(set(list_builtin()) - {"lenet", "alexnet", "custom"}))
+def test_every_other_builtin_recipe_trains_and_resumes_exactly(tmp_path, data_dir, name):
+    """Every built-in recipe without golden metrics (the no-BatchNorm ablations and the
+    recipes beyond the study) trains its own network, optimizer, schedule, augmentation and
+    evaluation on a few images, and resumes exactly after an interruption."""
+    recipe = study_recipe(name, epochs=2, limit_train=512, limit_test=200)
+    rows = assert_resume_is_exact(recipe, tmp_path, data_dir)
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
 
 
 def test_a_whitening_stem_is_fitted_once_and_stays_frozen(tmp_path, data_dir):

@@ -9,9 +9,9 @@ Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIS
 `run` trains each row's seeds one after another, each with `cnnlab train` on one thread,
 into results/recipes/ablation/<row>-seed<S>/; finished runs are skipped and interrupted
 ones resumed, so it can be stopped and run again. Two `run`s side by side (say --seeds 0
-and --seeds 1) use both cores of a 2-core machine: on the AMD EPYC these rows were measured
-on, a second thread speeds one run up by only ~10 %, so the training times in the table
-are one-thread times with the other core busy, comparable between rows only. Every row
+and --seeds 1) use both cores of a 2-core machine; the training times in the table are
+then one-thread times with the other core busy, comparable between rows on one machine
+only. Every row
 holds out 10,000 training images (`--val-split 10000`) and is judged by its final
 validation accuracy; the test set is evaluated each epoch by the training loop but never
 read here. `table` prints ABLATION.md: the table with the command of each row.
@@ -72,6 +72,15 @@ ROWS: list[Row] = path("custom", [
      "Adam with StepLR", SGD_ONECYCLE, True),
     ("label-smoothing", "cross-entropy with label smoothing 0.1",
      {"loss.label_smoothing": "0.1"}, True),
+    ("translate-altflip", "random translation by up to 2 pixels and the alternating flip "
+     "instead of rotation by up to 10° and a random flip",
+     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}]'}, False),
+    ("whiten", "the frozen 2×2 patch-whitening stem instead of a learned 3×3 convolution",
+     {"model.args.whiten": "2"}, True),
+    ("flip-tta", "test-time flip averaging", {"evaluate.flip": "true"}, True),
+    ("ema", "an exponential moving average of the weights (decay 0.99, from epoch 2)",
+     {"average.name": "ema", "average.decay": "0.99", "average.start_epoch": "2"}, True),
+    ("4-epochs", "4 epochs instead of 2", {"epochs": "4"}, True),
 ])
 
 
@@ -117,7 +126,8 @@ def table(rows: list[Row]) -> str:
                 f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
         command = shlex.join(row.command("S"))
         machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
-        lines.append(f"| {row.key} | {row.change} | {'yes' if row.kept else 'no'} | "
+        kept = "baseline" if row is ROWS[0] else "yes" if row.kept else "no"
+        lines.append(f"| {row.key} | {row.change} | {kept} | "
                      f"{', '.join(str(r.recipe.seed) for r in done)} | {cell} | "
                      f"{statistics.mean(seconds):.0f} | {machines} | `{command}` |")
     return "\n".join(lines) + "\n"
