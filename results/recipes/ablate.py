@@ -79,8 +79,11 @@ ROWS: list[Row] = path("custom", [
      {"model.args.whiten": "2"}, True),
     ("flip-tta", "test-time flip averaging", {"evaluate.flip": "true"}, True),
     ("ema", "an exponential moving average of the weights (decay 0.99, from epoch 2)",
-     {"average.name": "ema", "average.decay": "0.99", "average.start_epoch": "2"}, True),
+     {"average.name": "ema", "average.decay": "0.99", "average.start_epoch": "2"}, False),
     ("4-epochs", "4 epochs instead of 2", {"epochs": "4"}, True),
+    ("translate-altflip-4ep", "translation and the alternating flip again, at 4 epochs",
+     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}]'}, True),
+    ("6-epochs", "6 epochs instead of 4", {"epochs": "6"}, True),
 ])
 
 
