@@ -83,7 +83,9 @@ ROWS: list[Row] = path("custom", [
     ("4-epochs", "4 epochs instead of 2", {"epochs": "4"}, True),
     ("translate-altflip-4ep", "translation and the alternating flip again, at 4 epochs",
      {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}]'}, True),
-    ("6-epochs", "6 epochs instead of 4", {"epochs": "6"}, True),
+    ("6-epochs", "6 epochs instead of 4: the recipe `fast`", {"epochs": "6"}, True),
+    ("wide", "widths 64/128/256 instead of 32/64/128 (3.7× the multiply-adds)",
+     {"model.args.widths": "[64, 128, 256]"}, True),
 ])
 
 
