@@ -131,9 +131,16 @@ def test_every_other_builtin_recipe_trains_and_resumes_exactly(tmp_path, data_di
     """Every built-in recipe without golden metrics (the no-BatchNorm ablations and the
     recipes beyond the study) trains its own network, optimizer, schedule, augmentation and
     evaluation on a few images, and resumes exactly after an interruption."""
-    recipe = study_recipe(name, epochs=2, limit_train=512, limit_test=200)
+    recipe = study_recipe(name, epochs=2, limit_train=1024, limit_test=200)
     rows = assert_resume_is_exact(recipe, tmp_path, data_dir)
     assert all(math.isfinite(row["train_loss"]) for row in rows)
+
+
+def test_a_one_cycle_too_short_to_rise_is_refused(tmp_path, data_dir):
+    """2 epochs of 2 batches: a quarter of 4 steps is one step, a rise torch cannot draw."""
+    recipe = study_recipe("fast", epochs=2, limit_train=512, limit_test=100)
+    with pytest.raises(CnnlabError, match="onecycle: 4 steps in all leave its rise"):
+        train_recipe(recipe, tmp_path / "run", data_dir)
 
 
 def test_a_whitening_stem_is_fitted_once_and_stays_frozen(tmp_path, data_dir):

@@ -13,6 +13,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import OptimizerSpec, Recipe, ScheduleSpec
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -61,6 +62,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs:
     if spec.name == "multistep":
         return lr_scheduler.MultiStepLR(optimizer, spec.milestones, spec.gamma)
     if spec.name == "onecycle":
+        if spec.pct_start * total <= 1:
+            raise CnnlabError(f"schedule onecycle: {total} steps in all leave its rise to the "
+                              f"peak (pct_start {spec.pct_start}) under two steps; train on "
+                              "more images or epochs, or raise schedule.pct_start")
         # cycle_momentum off: the recipe's momentum / betas are used as written.
         return lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
