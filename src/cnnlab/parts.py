@@ -64,8 +64,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: ScheduleSpec, epochs:
     if spec.name == "onecycle":
         if spec.pct_start * total <= 1:
             raise CnnlabError(f"schedule onecycle: {total} steps in all leave its rise to the "
-                              f"peak (pct_start {spec.pct_start}) under two steps; train on "
-                              "more images or epochs, or raise schedule.pct_start")
+                              f"peak (pct_start {spec.pct_start} of them) one step or less; "
+                              "train on more images or epochs, or raise schedule.pct_start")
         # cycle_momentum off: the recipe's momentum / betas are used as written.
         return lr_scheduler.OneCycleLR(
             optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
