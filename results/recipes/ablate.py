@@ -86,6 +86,9 @@ ROWS: list[Row] = path("custom", [
     ("6-epochs", "6 epochs instead of 4: the recipe `fast`", {"epochs": "6"}, True),
     ("wide", "widths 64/128/256 instead of 32/64/128 (3.7× the multiply-adds)",
      {"model.args.widths": "[64, 128, 256]"}, True),
+    ("erase", "random erasing (p 0.5) after the flip",
+     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}, {name="erase"}]'},
+     True),
 ])
 
 
