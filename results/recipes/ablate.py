@@ -88,7 +88,7 @@ ROWS: list[Row] = path("custom", [
      {"model.args.widths": "[64, 128, 256]"}, True),
     ("erase", "random erasing (p 0.5) after the flip",
      {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}, {name="erase"}]'},
-     True),
+     False),
 ])
 
 
