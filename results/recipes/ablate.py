@@ -63,6 +63,7 @@ SGD_ONECYCLE = {"batch_size": "256", "optimizer.name": "sgd", "optimizer.lr": "0
                 "optimizer.nesterov": "true", "optimizer.weight_decay": "5e-4",
                 "optimizer.norm_bias_decay": "false", "schedule.name": "onecycle",
                 "schedule.anneal": "linear"}
+SHIFT_FLIP = '[{name="translate", pixels=2}, {name="alternating_flip"}]'
 ROWS: list[Row] = path("custom", [
     ("study-1ep", "the study's `custom` recipe, cut to 1 epoch",
      {"epochs": "1"}, False),
@@ -74,7 +75,7 @@ ROWS: list[Row] = path("custom", [
      {"loss.label_smoothing": "0.1"}, True),
     ("translate-altflip", "random translation by up to 2 pixels and the alternating flip "
      "instead of rotation by up to 10° and a random flip",
-     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}]'}, False),
+     {"augment": SHIFT_FLIP}, False),
     ("whiten", "the frozen 2×2 patch-whitening stem instead of a learned 3×3 convolution",
      {"model.args.whiten": "2"}, True),
     ("flip-tta", "test-time flip averaging", {"evaluate.flip": "true"}, True),
@@ -82,7 +83,7 @@ ROWS: list[Row] = path("custom", [
      {"average.name": "ema", "average.decay": "0.99", "average.start_epoch": "2"}, False),
     ("4-epochs", "4 epochs instead of 2", {"epochs": "4"}, True),
     ("translate-altflip-4ep", "translation and the alternating flip again, at 4 epochs",
-     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}]'}, True),
+     {"augment": SHIFT_FLIP}, True),
     ("6-epochs", "6 epochs instead of 4: the recipe `fast`", {"epochs": "6"}, True),
     ("wide", "widths 64/128/256 instead of 32/64/128 (3.7× the multiply-adds)",
      {"model.args.widths": "[64, 128, 256]"}, True),
