@@ -64,6 +64,7 @@ SGD_ONECYCLE = {"batch_size": "256", "optimizer.name": "sgd", "optimizer.lr": "0
                 "optimizer.norm_bias_decay": "false", "schedule.name": "onecycle",
                 "schedule.anneal": "linear"}
 SHIFT_FLIP = '[{name="translate", pixels=2}, {name="alternating_flip"}]'
+SHIFT_FLIP_ERASE = '[{name="translate", pixels=2}, {name="alternating_flip"}, {name="erase"}]'
 ROWS: list[Row] = path("custom", [
     ("study-1ep", "the study's `custom` recipe, cut to 1 epoch",
      {"epochs": "1"}, False),
@@ -87,9 +88,9 @@ ROWS: list[Row] = path("custom", [
     ("6-epochs", "6 epochs instead of 4: the recipe `fast`", {"epochs": "6"}, True),
     ("wide", "widths 64/128/256 instead of 32/64/128 (3.7× the multiply-adds)",
      {"model.args.widths": "[64, 128, 256]"}, True),
-    ("erase", "random erasing (p 0.5) after the flip",
-     {"augment": '[{name="translate", pixels=2}, {name="alternating_flip"}, {name="erase"}]'},
-     False),
+    ("erase", "random erasing (p 0.5) after the flip", {"augment": SHIFT_FLIP_ERASE}, False),
+    ("20-epochs", "20 epochs instead of 6", {"epochs": "20"}, True),
+    ("erase-20ep", "random erasing again, at 20 epochs", {"augment": SHIFT_FLIP_ERASE}, True),
 ])
 
 
