@@ -5,7 +5,7 @@ Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIS
 
     python results/fidelity/collapse.py create          # the six sweeps, 24 seeds each
     python results/fidelity/collapse.py work            # `cnnlab sweep work` on each in turn
-    python results/fidelity/collapse.py table           # NOBN-COLLAPSE.md's table
+    python results/fidelity/collapse.py table           # NOBN-COLLAPSE.md's table and figure
 
 `work` can be stopped and run again (on this or other machines sharing the journal):
 finished trials stay done and interrupted ones continue from their checkpoints. Each trial is
@@ -21,9 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write
 from cnnlab.report import did_not_learn, load_runs, wilson_interval
 
 HERE = Path(__file__).parent
+FIGURE = HERE / "collapse-rates.png"
 STORAGE = str(HERE / "optuna.journal")
 GRID = "recipe=custom_nobn seed=0..23"
 EPOCHS = 2
@@ -68,30 +73,54 @@ def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
                         if p(x) <= observed * (1 + 1e-9)))
 
 
-def table() -> str:
-    rows, counts = [], {}
+def collapsed_runs() -> dict[str, tuple[list[int], int]]:
+    """Per path with finished runs: the seeds that collapsed, and how many runs finished."""
+    result = {}
     for path in PATHS:
-        folder = HERE / f"nobn-{path}"
-        if not (folder / "runs").is_dir():
+        try:
+            runs = load_runs(HERE / f"nobn-{path}")[0].get("custom_nobn", [])
+        except CnnlabError:  # no run of this path has finished an epoch yet
             continue
-        runs = [r for r in load_runs(folder)[0].get("custom_nobn", []) if r.complete]
-        collapsed = [r for r in runs if did_not_learn(r)]
-        counts[path] = (len(collapsed), len(runs))
-        rows.append((path, collapsed))
+        runs = [r for r in runs if r.complete]
+        if runs:
+            result[path] = (sorted(r.recipe.seed for r in runs if did_not_learn(r)), len(runs))
+    return result
+
+
+def table(counts: dict[str, tuple[list[int], int]]) -> str:
     lines = ["| path | settings | runs | collapsed | rate | 95% Wilson interval | "
              "Fisher's exact p against all-off | seeds that collapsed |",
              "|" + " --- |" * 8]
-    for path, collapsed in rows:
-        k, n = counts[path]
-        low, high = wilson_interval(k, n) if n else (math.nan, math.nan)
-        versus = ("—" if path == "all-off" or "all-off" not in counts or not n
-                  else f"{fisher_exact(k, n, *counts['all-off']):.2f}")
-        seeds = ", ".join(str(r.recipe.seed) for r in collapsed) or "none"
+    for path, (seeds, n) in counts.items():
+        k = len(seeds)
+        low, high = wilson_interval(k, n)
+        versus = ("—" if path == "all-off" or "all-off" not in counts
+                  else f"{fisher_exact(k, n, len(counts['all-off'][0]), counts['all-off'][1]):.2f}")
         settings = ", ".join(f"`{s}`" for s in PATHS[path]) or "cnnlab's defaults"
-        lines.append(f"| {path} | {settings} | {n} | {k} | "
-                     f"{100 * k / n if n else math.nan:.0f}% | {100 * low:.0f}–{100 * high:.0f}% "
-                     f"| {versus} | {seeds} |")
+        lines.append(f"| {path} | {settings} | {n} | {k} | {100 * k / n:.0f}% | "
+                     f"{100 * low:.0f}–{100 * high:.0f}% | {versus} | "
+                     f"{', '.join(map(str, seeds)) or 'none'} |")
     return "\n".join(lines) + "\n"
+
+
+def figure(counts: dict[str, tuple[list[int], int]]) -> None:
+    """Each path's collapse rate with its 95 % Wilson interval, one row per path."""
+    fig = Figure(figsize=(7, 0.5 + 0.45 * len(counts)), layout="constrained")
+    ax = fig.add_subplot()
+    for row, (path, (seeds, n)) in enumerate(reversed(counts.items())):
+        rate = 100 * len(seeds) / n
+        low, high = (100 * x for x in wilson_interval(len(seeds), n))
+        ax.errorbar(rate, row, xerr=[[rate - low], [high - rate]], fmt="o", capsize=4,
+                    color="C3" if path == "all-off" else "C0")
+        ax.annotate(f"{len(seeds)}/{n}", (rate, row), xytext=(0, 7),
+                    textcoords="offset points", ha="center", fontsize=8)
+    ax.set_yticks(range(len(counts)), list(reversed(counts)))
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, len(counts) - 0.3)
+    ax.set_xlabel("runs collapsed to chance within 2 epochs (%), 95% Wilson interval")
+    ax.set_title("custom_nobn (lr 0.003): collapse rate per path")
+    ax.grid(axis="x", alpha=0.3)
+    atomic_write(FIGURE, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
 def main() -> None:
@@ -110,7 +139,9 @@ def main() -> None:
     elif args.action == "work":
         work(paths, args.workers)
     else:
-        print(table(), end="")
+        counts = collapsed_runs()
+        print(table(counts), end="")
+        figure(counts)
 
 
 if __name__ == "__main__":
