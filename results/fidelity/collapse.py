@@ -23,9 +23,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
-from cnnlab.report import did_not_learn, load_runs, wilson_interval
+from cnnlab.report import did_not_learn, read_run, wilson_interval
 
 HERE = Path(__file__).parent
 FIGURE = HERE / "collapse-rates.png"
@@ -77,11 +76,9 @@ def collapsed_runs() -> dict[str, tuple[list[int], int]]:
     """Per path with finished runs: the seeds that collapsed, and how many runs finished."""
     result = {}
     for path in PATHS:
-        try:
-            runs = load_runs(HERE / f"nobn-{path}")[0].get("custom_nobn", [])
-        except CnnlabError:  # no run of this path has finished an epoch yet
-            continue
-        runs = [r for r in runs if r.complete]
+        # Only a run's config.json must exist; a damaged file stops the table (read_run).
+        folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/config.json"))
+        runs = [run for run in (read_run(f.parent) for f in folders) if run.complete]
         if runs:
             result[path] = (sorted(r.recipe.seed for r in runs if did_not_learn(r)), len(runs))
     return result
