@@ -76,8 +76,9 @@ def collapsed_runs() -> dict[str, tuple[list[int], int]]:
     """Per path with finished runs: the seeds that collapsed, and how many runs finished."""
     result = {}
     for path in PATHS:
-        # Only a run's config.json must exist; a damaged file stops the table (read_run).
-        folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/config.json"))
+        # metrics.csv is written after config.json, so a run that has it has both; a
+        # damaged file stops the table (read_run).
+        folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/metrics.csv"))
         runs = [run for run in (read_run(f.parent) for f in folders) if run.complete]
         if runs:
             result[path] = (sorted(r.recipe.seed for r in runs if did_not_learn(r)), len(runs))
