@@ -10,7 +10,9 @@ Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIS
 `work` can be stopped and run again (on this or other machines sharing the journal):
 finished trials stay done and interrupted ones continue from their checkpoints. Each trial is
 the study's recipe for its first 2 epochs; a run counts as collapsed when its final test
-accuracy is within 5 points of chance (the report's rule).
+accuracy is within 5 points of chance (the report's rule). The table tests every path
+against all-off (Fisher's exact test) and, where two paths differ only in rounding, the
+seeds they share pair by pair (McNemar's exact test).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from cnnlab.report import did_not_learn, read_run, wilson_interval
 HERE = Path(__file__).parent
 FIGURE = HERE / "collapse-rates.png"
 STORAGE = str(HERE / "optuna.journal")
-GRID = "recipe=custom_nobn seed=0..23"
+SEEDS = 24
+GRID = f"recipe=custom_nobn seed=0..{SEEDS - 1}"
 EPOCHS = 2
 # The sweep of each path and its settings: cnnlab's fast path, each part switched off in
 # turn, and all of them at once (the study's own way of computing the same network).
@@ -41,6 +44,10 @@ PATHS: dict[str, list[str]] = {
     "per-image": ["pipeline=per_image"],
 }
 PATHS["all-off"] = [s for settings in list(PATHS.values()) for s in settings]
+# Paths that differ from another only in rounding: the same initial weights, batches and
+# augmentation draws, so a seed's outcome on one is paired with its outcome on the other.
+PAIRED = {"fused-stem-off": "cnnlab", "plain-adam": "cnnlab", "nchw": "cnnlab",
+          "all-off": "per-image"}
 
 
 def cnnlab(*args: str) -> None:
@@ -72,8 +79,16 @@ def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
                         if p(x) <= observed * (1 + 1e-9)))
 
 
-def collapsed_runs() -> dict[str, tuple[list[int], int]]:
-    """Per path with finished runs: the seeds that collapsed, and how many runs finished."""
+def mcnemar_exact(only_here: int, only_there: int) -> float:
+    """Two-sided p-value of McNemar's exact test: of the seeds whose outcome differs between
+    two paired paths, how unlikely a split this uneven is if either path is equally likely
+    to be the one that collapsed (a binomial test at 1/2)."""
+    n, k = only_here + only_there, min(only_here, only_there)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
+def outcomes() -> dict[str, dict[int, bool]]:
+    """Per path with finished runs: each finished seed and whether it collapsed."""
     result = {}
     for path in PATHS:
         # metrics.csv is written after config.json, so a run that has it has both; a
@@ -81,43 +96,69 @@ def collapsed_runs() -> dict[str, tuple[list[int], int]]:
         folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/metrics.csv"))
         runs = [run for run in (read_run(f.parent) for f in folders) if run.complete]
         if runs:
-            result[path] = (sorted(r.recipe.seed for r in runs if did_not_learn(r)), len(runs))
+            result[path] = {r.recipe.seed: did_not_learn(r) for r in sorted(
+                runs, key=lambda r: r.recipe.seed)}
     return result
 
 
-def table(counts: dict[str, tuple[list[int], int]]) -> str:
+def collapsed(seeds: dict[int, bool]) -> list[int]:
+    return [seed for seed, fell in seeds.items() if fell]
+
+
+def table(results: dict[str, dict[int, bool]]) -> str:
+    """Rates with intervals, Fisher's test against all-off, and for the paths that change
+    only rounding, McNemar's test over the seeds they share with the path they pair with."""
     lines = ["| path | settings | runs | collapsed | rate | 95% Wilson interval | "
-             "Fisher's exact p against all-off | seeds that collapsed |",
-             "|" + " --- |" * 8]
-    for path, (seeds, n) in counts.items():
-        k = len(seeds)
+             "Fisher's exact p against all-off | paired with | collapsed only here / only "
+             "there | McNemar's exact p | seeds that collapsed |",
+             "|" + " --- |" * 11]
+    for path, seeds in results.items():
+        k, n = len(collapsed(seeds)), len(seeds)
         low, high = wilson_interval(k, n)
-        versus = ("—" if path == "all-off" or "all-off" not in counts
-                  else f"{fisher_exact(k, n, len(counts['all-off'][0]), counts['all-off'][1]):.2f}")
+        versus = "—"
+        if path != "all-off" and "all-off" in results:
+            base = results["all-off"]
+            versus = f"{fisher_exact(k, n, len(collapsed(base)), len(base)):.2f}"
+        pair, split, paired_p = PAIRED.get(path, "—"), "—", "—"
+        if pair in results:
+            shared = seeds.keys() & results[pair].keys()
+            here = sum(seeds[s] and not results[pair][s] for s in shared)
+            there = sum(results[pair][s] and not seeds[s] for s in shared)
+            split = f"{here} / {there} of {len(shared)}"
+            paired_p = f"{mcnemar_exact(here, there):.2f}"
         settings = ", ".join(f"`{s}`" for s in PATHS[path]) or "cnnlab's defaults"
         lines.append(f"| {path} | {settings} | {n} | {k} | {100 * k / n:.0f}% | "
-                     f"{100 * low:.0f}–{100 * high:.0f}% | {versus} | "
-                     f"{', '.join(map(str, seeds)) or 'none'} |")
+                     f"{100 * low:.0f}–{100 * high:.0f}% | {versus} | {pair} | {split} | "
+                     f"{paired_p} | {', '.join(map(str, collapsed(seeds))) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 
-def figure(counts: dict[str, tuple[list[int], int]]) -> None:
-    """Each path's collapse rate with its 95 % Wilson interval, one row per path."""
-    fig = Figure(figsize=(7, 0.5 + 0.45 * len(counts)), layout="constrained")
-    ax = fig.add_subplot()
-    for row, (path, (seeds, n)) in enumerate(reversed(counts.items())):
-        rate = 100 * len(seeds) / n
-        low, high = (100 * x for x in wilson_interval(len(seeds), n))
-        ax.errorbar(rate, row, xerr=[[rate - low], [high - rate]], fmt="o", capsize=4,
-                    color="C3" if path == "all-off" else "C0")
-        ax.annotate(f"{len(seeds)}/{n}", (rate, row), xytext=(0, 7),
-                    textcoords="offset points", ha="center", fontsize=8)
-    ax.set_yticks(range(len(counts)), list(reversed(counts)))
-    ax.set_xlim(0, 100)
-    ax.set_ylim(-0.6, len(counts) - 0.3)
-    ax.set_xlabel("runs collapsed to chance within 2 epochs (%), 95% Wilson interval")
-    ax.set_title("custom_nobn (lr 0.003): collapse rate per path")
-    ax.grid(axis="x", alpha=0.3)
+def figure(results: dict[str, dict[int, bool]]) -> None:
+    """Left: each path's collapse rate with its 95 % Wilson interval. Right: every seed on
+    every path, so the paired paths can be compared seed by seed."""
+    fig = Figure(figsize=(12, 0.9 + 0.45 * len(results)), layout="constrained")
+    rates, grid = fig.subplots(1, 2, width_ratios=(1, 1.4), sharey=True)
+    rows = list(reversed(results))
+    for row, path in enumerate(rows):
+        k, n = len(collapsed(results[path])), len(results[path])
+        rate = 100 * k / n
+        low, high = (100 * x for x in wilson_interval(k, n))
+        rates.errorbar(rate, row, xerr=[[rate - low], [high - rate]], fmt="o", capsize=4,
+                       color="C3" if path == "all-off" else "C0")
+        rates.annotate(f"{k}/{n}", (rate, row), xytext=(0, 7), textcoords="offset points",
+                       ha="center", fontsize=8)
+        for seed, fell in results[path].items():
+            grid.scatter(seed, row, marker="s", s=60, color="C3" if fell else "C2")
+    rates.set_yticks(range(len(rows)), rows)
+    rates.set_xlim(-4, 100)
+    rates.set_ylim(-0.6, len(rows) - 0.3)
+    rates.set_xlabel("runs collapsed to chance within 2 epochs (%), 95% Wilson interval")
+    rates.set_title("custom_nobn (lr 0.003): collapse rate per path")
+    rates.grid(axis="x", alpha=0.3)
+    grid.set_xticks(range(SEEDS), [str(s) for s in range(SEEDS)], fontsize=7)
+    grid.set_xlim(-0.7, SEEDS - 0.3)
+    grid.set_xlabel("seed (red: collapsed, green: learned, blank: not run yet)")
+    grid.set_title("each run")
     atomic_write(FIGURE, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
@@ -137,9 +178,9 @@ def main() -> None:
     elif args.action == "work":
         work(paths, args.workers)
     else:
-        counts = collapsed_runs()
-        print(table(counts), end="")
-        figure(counts)
+        results = outcomes()
+        print(table(results), end="")
+        figure(results)
 
 
 if __name__ == "__main__":
