@@ -143,8 +143,9 @@ def figure(results: dict[str, dict[int, bool]]) -> None:
         k, n = len(collapsed(results[path])), len(results[path])
         rate = 100 * k / n
         low, high = (100 * x for x in wilson_interval(k, n))
-        rates.errorbar(rate, row, xerr=[[rate - low], [high - rate]], fmt="o", capsize=4,
-                       color="C3" if path == "all-off" else "C0")
+        # max(0, ·): the interval's bound may round to a hair beyond the rate.
+        rates.errorbar(rate, row, xerr=[[max(0, rate - low)], [max(0, high - rate)]], fmt="o",
+                       capsize=4, color="C3" if path == "all-off" else "C0")
         rates.annotate(f"{k}/{n}", (rate, row), xytext=(0, 7), textcoords="offset points",
                        ha="center", fontsize=8)
         for seed, fell in results[path].items():
