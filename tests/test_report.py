@@ -356,6 +356,24 @@ def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatc
     assert "holds no run of custom, custom_nobn, custom_nobn_lr1e-3" in err
 
 
+def test_more_seeds_name_the_settings_their_runs_changed(tmp_path: Path) -> None:
+    """Runs computed another way (here the study's per-image pipeline and plain Adam) say
+    so beside their collapse rate; runs of the built-in recipe as shipped say nothing."""
+    from cnnlab.report import more_seeds_text
+
+    fake_run(tmp_path / "fast", "custom_nobn", 0, [0.1], [2.3])
+    assert more_seeds_text(tmp_path / "fast")[0].endswith("(1 finished run(s) of 1 epochs):")
+    fake_run(tmp_path / "study_way", "custom_nobn", 0, [0.1], [2.3])
+    config = tmp_path / "study_way" / "runs" / "custom_nobn-seed0" / "config.json"
+    info = json.loads(config.read_text())
+    info["recipe"]["pipeline"] = "per_image"
+    info["recipe"]["optimizer"]["fused"] = False
+    config.write_text(json.dumps(info))
+    assert more_seeds_text(tmp_path / "study_way")[0].endswith(
+        "(1 finished run(s) of 1 epochs; changed from the built-in recipe: "
+        'optimizer.fused=false, pipeline="per_image"):')
+
+
 def test_collapse_rates_have_wilson_intervals_and_a_start() -> None:
     from cnnlab.report import wilson_interval
 

@@ -206,6 +206,24 @@ class Recipe:
         return self.study.accuracy is not None
 
 
+def flat_settings(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A recipe's dict as dotted keys (`optimizer.lr`); a model's args stay one value."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and k != "args":
+            out.update(flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def changed_settings(recipe: Recipe, base: Recipe) -> dict[str, tuple[Any, Any]]:
+    """Each dotted key whose value differs between `base` and `recipe`: (base's, recipe's)."""
+    before, after = flat_settings(base.to_dict()), flat_settings(recipe.to_dict())
+    return {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+            if before.get(k) != after.get(k)}
+
+
 def set_path(data: dict[str, Any], path: str, value: Any, source: str) -> None:
     """Set `data[a][b]… = value` for the dotted `path`; unknown sections are refused by
     the validation that follows, except through a non-table value."""

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import itertools
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -35,7 +36,14 @@ from cnnlab.errors import CnnlabError  # noqa: E402
 from cnnlab.files import atomic_write, atomic_write_text  # noqa: E402
 from cnnlab.inference import Predictor  # noqa: E402
 from cnnlab.models import count_macs, count_parameters, create_model, is_user_code  # noqa: E402
-from cnnlab.recipe import STUDY_ORDER, Recipe, builtin, from_record  # noqa: E402
+from cnnlab.recipe import (  # noqa: E402
+    STUDY_ORDER,
+    Recipe,
+    builtin,
+    changed_settings,
+    from_record,
+    list_builtin,
+)
 from cnnlab.runs import RunFolder, git_commit  # noqa: E402
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
@@ -307,11 +315,24 @@ def more_seeds_text(folder: Path) -> list[str]:
     finished = {name: [r for r in groups[name] if r.complete] for name in present}
     epochs = sorted({r.planned_epochs for runs in finished.values() for r in runs})
     left = sum(len(groups[n]) - len(finished[n]) for n in present)
+    changed = sorted({f"{key}={json.dumps(value)}" for runs in finished.values()
+                      for r in runs for key, value in settings_beyond_builtin(r.recipe).items()})
     head = (f"More seeds, from {folder / 'runs'} ({len(sum(finished.values(), []))} finished "
             f"run(s) of {'/'.join(map(str, epochs)) or '—'} epochs"
-            + (f"; {left} unfinished run(s) left out" if left else "") + "):")
+            + (f"; {left} unfinished run(s) left out" if left else "")
+            + (f"; changed from the built-in recipe: {', '.join(changed)}" if changed else "")
+            + "):")
     return [head] + collapse_text({n: runs for n, runs in finished.items() if runs},
                                   [n for n in present if finished[n]])
+
+
+def settings_beyond_builtin(recipe: Recipe) -> dict[str, Any]:
+    """The settings in which a run of a built-in recipe departs from it (other than its seed
+    and length), so that runs computed another way say so; none for other recipes."""
+    if recipe.name not in list_builtin():
+        return {}
+    return {key: value for key, (_, value) in changed_settings(recipe, builtin(recipe.name)).items()
+            if key not in ("seed", "epochs")}
 
 
 def chance_from(run: Run) -> int:

@@ -32,7 +32,7 @@ from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.inference import Predictor
 from cnnlab.models import create_model, fit_to_data
 from cnnlab.parts import Parts, build_parts, loss_fn
-from cnnlab.recipe import Recipe, from_record
+from cnnlab.recipe import Recipe, changed_settings, from_record
 from cnnlab.runs import RunFolder
 
 
@@ -296,20 +296,10 @@ def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
     """The saved run's recipe; settings given again must agree with it (says which not)."""
     saved = from_record(run.info(), str(run.config_path))
     asked = saved.with_overrides(overrides, "given")
-    before, after = _flat(saved.to_dict()), _flat(asked.to_dict())
-    differ = [f"{k} (saved {before.get(k)!r}, given {after.get(k)!r})"
-              for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    differ = [f"{k} (saved {before!r}, given {after!r})"
+              for k, (before, after) in changed_settings(asked, saved).items()]
     if differ:
         raise CnnlabError(f"cannot resume {run.path}: options disagree with the saved run: "
                           f"{'; '.join(differ)}; drop them or start a new run with --out")
     return saved
 
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in data.items():
-        if isinstance(v, dict) and k != "args":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
