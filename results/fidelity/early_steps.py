@@ -4,6 +4,7 @@ a cheap early reading of the 2-epoch sweeps' outcome.
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
     python results/fidelity/early_steps.py --paths cnnlab --seeds 0..23 --steps 100
+    python results/fidelity/early_steps.py --table      # per path, against the sweeps
 
 Each run goes through cnnlab's own loop (`train_one_epoch`) with the path's settings from
 collapse.py and stops after --steps optimizer steps; it records every step's training loss
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collapse import PATHS  # noqa: E402
+from collapse import PATHS, fisher_exact, outcomes  # noqa: E402
 from first_steps import PROBE, Stop, dead_relus, seeds_arg  # noqa: E402
 
 from cnnlab.data import load_datasets, resolve_data_dir  # noqa: E402
@@ -31,9 +32,14 @@ from cnnlab.device import machine_name, prepare_model  # noqa: E402
 from cnnlab.models import create_model  # noqa: E402
 from cnnlab.parts import build_parts  # noqa: E402
 from cnnlab.recipe import builtin, parse_assignments  # noqa: E402
+from cnnlab.report import wilson_interval  # noqa: E402
 from cnnlab.train import Logger, train_one_epoch  # noqa: E402
 
-OUT = Path(__file__).parent / "early-steps.jsonl"
+HERE = Path(__file__).parent
+OUT = HERE / "early-steps.jsonl"
+# A run whose last 20 batch losses average above this has collapsed: ln 10 ≈ 2.303 is chance,
+# and the runs that learn are below 1.1 by step 100.
+COLLAPSED_LOSS = 2.2
 
 
 class Losses(Logger):
@@ -62,6 +68,45 @@ def early_run(path: str, seed: int, steps: int, data, probe) -> dict:
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
+def early_collapsed(run: dict) -> bool:
+    tail = run["losses"][-20:]
+    return sum(tail) / len(tail) > COLLAPSED_LOSS
+
+
+def table(steps: int) -> str:
+    """Per path: collapses by step `steps`, and for the seeds its 2-epoch sweep has finished
+    on this CPU with 1 thread, whether the early reading agrees with the sweep."""
+    runs = [r for r in map(json.loads, OUT.read_text().splitlines()) if r["steps"] == steps]
+    swept = outcomes()
+    base = [r for r in runs if r["path"] == "cnnlab"]
+    lines = [f"| path | seeds | collapsed by step {steps} | rate | 95% Wilson interval | "
+             "Fisher's exact p against cnnlab | seeds that collapsed | agrees with the "
+             "2-epoch sweep |", "|" + " --- |" * 8]
+    for path in PATHS:
+        mine = sorted((r for r in runs if r["path"] == path), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        fell = [r["seed"] for r in mine if early_collapsed(r)]
+        k, n = len(fell), len(mine)
+        low, high = wilson_interval(k, n)
+        versus = "—" if path == "cnnlab" or not base else (
+            f"{fisher_exact(k, n, sum(map(early_collapsed, base)), len(base)):.2f}")
+        # Runs on another CPU or thread count are other runs (NOBN-COLLAPSE.md).
+        same = {r["seed"]: early_collapsed(r) for r in mine}
+        sweep = {seed: fell_then for seed, fell_then in swept.get(path, {}).items()
+                 if seed in same and sweep_machine(path, seed) == mine[0]["cpu"]}
+        agree = sum(same[seed] == fell_then for seed, fell_then in sweep.items())
+        lines.append(f"| {path} | {n} | {k} | {100 * k / n:.0f}% | {100 * low:.0f}–"
+                     f"{100 * high:.0f}% | {versus} | {', '.join(map(str, fell)) or 'none'} | "
+                     f"{agree} of {len(sweep)} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_machine(path: str, seed: int) -> str:
+    config = HERE / f"nobn-{path}" / "runs" / f"custom_nobn-seed{seed}" / "config.json"
+    return json.loads(config.read_text()).get("machine", "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paths", default="cnnlab")
@@ -70,7 +115,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="1, as the sweeps ran, so that the steps are theirs bit for bit")
     parser.add_argument("--data-dir")
+    parser.add_argument("--table", action="store_true",
+                        help="print the table of the runs recorded so far and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.steps), end="")
+        return
     torch.set_num_threads(args.threads)
     data = load_datasets(resolve_data_dir(args.data_dir))
     probe = data.test.images[:PROBE]
