@@ -302,4 +302,3 @@ def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
         raise CnnlabError(f"cannot resume {run.path}: options disagree with the saved run: "
                           f"{'; '.join(differ)}; drop them or start a new run with --out")
     return saved
-
