@@ -15,9 +15,7 @@ run to early-steps.jsonl beside this file (a run already there is skipped).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -25,15 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from collapse import PATHS, fisher_exact, outcomes  # noqa: E402
-from first_steps import PROBE, Stop, dead_relus, seeds_arg  # noqa: E402
+from first_steps import PROBE, Stop, dead_relus, seeds_arg, train_first_steps  # noqa: E402
 
 from cnnlab.data import load_datasets, resolve_data_dir  # noqa: E402
-from cnnlab.device import machine_name, prepare_model  # noqa: E402
-from cnnlab.models import create_model  # noqa: E402
-from cnnlab.parts import build_parts  # noqa: E402
-from cnnlab.recipe import builtin, parse_assignments  # noqa: E402
+from cnnlab.device import machine_name  # noqa: E402
+from cnnlab.recipe import parse_assignments  # noqa: E402
 from cnnlab.report import wilson_interval  # noqa: E402
-from cnnlab.train import Logger, train_one_epoch  # noqa: E402
+from cnnlab.train import Logger  # noqa: E402
 
 HERE = Path(__file__).parent
 OUT = HERE / "early-steps.jsonl"
@@ -53,24 +49,21 @@ class Losses(Logger):
 
 
 def early_run(path: str, seed: int, steps: int, data, probe) -> dict:
-    recipe = builtin("custom_nobn").with_overrides(
-        {**parse_assignments(PATHS[path]), "seed": seed})
-    with torch.random.fork_rng():
-        torch.manual_seed(recipe.seed)
-        model = prepare_model(create_model(recipe.model.name, recipe.model.args),
-                              torch.device("cpu"), recipe.model.memory_format)
-        parts = build_parts(recipe, model, torch.device("cpu"), math.ceil(len(data) / 64))
-        recorder = Losses(steps)
-        with contextlib.suppress(Stop):
-            train_one_epoch(parts, data, 1, loggers=[recorder])
+    model, recorder = train_first_steps(parse_assignments(PATHS[path]), seed, data,
+                                        lambda _model: Losses(steps))
     return {"path": path, "seed": seed, "steps": steps, "losses": recorder.losses,
             "dead_relu": dead_relus(model, probe), "cpu": machine_name(torch.device("cpu")),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def early_collapsed(run: dict) -> bool:
+def late_loss(run: dict) -> float:
+    """Mean training loss of the run's last 20 steps."""
     tail = run["losses"][-20:]
-    return sum(tail) / len(tail) > COLLAPSED_LOSS
+    return sum(tail) / len(tail)
+
+
+def early_collapsed(run: dict) -> bool:
+    return late_loss(run) > COLLAPSED_LOSS
 
 
 def table(steps: int) -> str:
@@ -133,10 +126,9 @@ def main() -> None:
             run = early_run(path, seed, args.steps, data.train, probe)
             with OUT.open("a") as f:
                 f.write(json.dumps(run) + "\n")
-            tail = run["losses"][-20:]
             dead = " ".join(f"{k} {100 * v:.0f}%" for k, v in run["dead_relu"].items())
             print(f"{path:<15} seed {seed:>3}  mean loss of the last 20 steps "
-                  f"{sum(tail) / len(tail):.3f}  dead {dead}", flush=True)
+                  f"{late_loss(run):.3f}  dead {dead}", flush=True)
 
 
 if __name__ == "__main__":

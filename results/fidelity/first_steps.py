@@ -20,7 +20,9 @@ import contextlib
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -45,6 +47,9 @@ PATHS: dict[str, dict[str, object]] = {
 PATHS["all off"] = {k: v for path in list(PATHS.values()) for k, v in path.items()}
 LR = builtin("custom_nobn").optimizer.lr
 PROBE = 512  # test images on which a ReLU unit that never fires counts as dead
+
+
+R = TypeVar("R", bound=Logger)
 
 
 class Stop(Exception):
@@ -91,16 +96,25 @@ def dead_relus(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
     return {name: 1 - f.float().mean().item() for name, f in fired.items()}
 
 
-def first_steps(seed: int, overrides: dict[str, object], steps: int, data, probe) -> dict:
+def train_first_steps(overrides: dict[str, object], seed: int, data,
+                      recorder: Callable[[nn.Module], R]) -> tuple[nn.Module, R]:
+    """custom_nobn with `overrides` through cnnlab's own loop, logging to `recorder(model)`
+    until it raises Stop; the global RNG is left as it was."""
     recipe = builtin("custom_nobn").with_overrides({**overrides, "seed": seed})
     with torch.random.fork_rng():
         torch.manual_seed(recipe.seed)
         model = prepare_model(create_model(recipe.model.name, recipe.model.args),
                               torch.device("cpu"), recipe.model.memory_format)
         parts = build_parts(recipe, model, torch.device("cpu"), math.ceil(len(data) / 64))
-        recorder = StepRecorder(model, steps)
+        logger = recorder(model)
         with contextlib.suppress(Stop):
-            train_one_epoch(parts, data, 1, loggers=[recorder])
+            train_one_epoch(parts, data, 1, loggers=[logger])
+    return model, logger
+
+
+def first_steps(seed: int, overrides: dict[str, object], steps: int, data, probe) -> dict:
+    model, recorder = train_first_steps(overrides, seed, data,
+                                        lambda model: StepRecorder(model, steps))
     return {"losses": recorder.losses, "rms": recorder.rms, "dead": dead_relus(model, probe),
             "first_update": recorder.first_update, "trajectory": recorder.trajectory}
 
