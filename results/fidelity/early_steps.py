@@ -4,7 +4,11 @@ a cheap early reading of the 2-epoch sweeps' outcome.
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
     python results/fidelity/early_steps.py --paths cnnlab --seeds 0..23 --steps 100
-    python results/fidelity/early_steps.py --table      # per path, against the sweeps
+    python results/fidelity/early_steps.py --table      # the table, against the sweeps
+
+--table prints collapse.py's table for these readings (Fisher's test against all-off,
+McNemar's for the paths that differ only in rounding), then how often each path's reading
+agrees with its 2-epoch sweep, and draws early-collapse-rates.png.
 
 Each run goes through cnnlab's own loop (`train_one_epoch`) with the path's settings from
 collapse.py and stops after --steps optimizer steps; it records every step's training loss
@@ -22,17 +26,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collapse import PATHS, fisher_exact, outcomes  # noqa: E402
+from collapse import PATHS, figure, outcomes, table  # noqa: E402
 from first_steps import PROBE, Stop, dead_relus, seeds_arg, train_first_steps  # noqa: E402
 
 from cnnlab.data import load_datasets, resolve_data_dir  # noqa: E402
 from cnnlab.device import machine_name  # noqa: E402
 from cnnlab.recipe import parse_assignments  # noqa: E402
-from cnnlab.report import wilson_interval  # noqa: E402
 from cnnlab.train import Logger  # noqa: E402
 
 HERE = Path(__file__).parent
 OUT = HERE / "early-steps.jsonl"
+FIGURE = HERE / "early-collapse-rates.png"
 # A run whose last 20 batch losses average above this has collapsed: ln 10 ≈ 2.303 is chance,
 # and the runs that learn are below 1.1 by step 100.
 COLLAPSED_LOSS = 2.2
@@ -66,32 +70,27 @@ def early_collapsed(run: dict) -> bool:
     return late_loss(run) > COLLAPSED_LOSS
 
 
-def table(steps: int) -> str:
-    """Per path: collapses by step `steps`, and for the seeds its 2-epoch sweep has finished
-    on this CPU with 1 thread, whether the early reading agrees with the sweep."""
+def early_outcomes(steps: int) -> dict[str, dict[int, bool]]:
+    """Per path read so far: each seed and whether it had collapsed by step `steps`."""
     runs = [r for r in map(json.loads, OUT.read_text().splitlines()) if r["steps"] == steps]
-    swept = outcomes()
-    base = [r for r in runs if r["path"] == "cnnlab"]
-    lines = [f"| path | seeds | collapsed by step {steps} | rate | 95% Wilson interval | "
-             "Fisher's exact p against cnnlab | seeds that collapsed | agrees with the "
-             "2-epoch sweep |", "|" + " --- |" * 8]
+    result = {}
     for path in PATHS:
-        mine = sorted((r for r in runs if r["path"] == path), key=lambda r: r["seed"])
-        if not mine:
-            continue
-        fell = [r["seed"] for r in mine if early_collapsed(r)]
-        k, n = len(fell), len(mine)
-        low, high = wilson_interval(k, n)
-        versus = "—" if path == "cnnlab" or not base else (
-            f"{fisher_exact(k, n, sum(map(early_collapsed, base)), len(base)):.2f}")
-        # Runs on another CPU or thread count are other runs (NOBN-COLLAPSE.md).
-        same = {r["seed"]: early_collapsed(r) for r in mine}
-        sweep = {seed: fell_then for seed, fell_then in swept.get(path, {}).items()
-                 if seed in same and sweep_machine(path, seed) == mine[0]["cpu"]}
-        agree = sum(same[seed] == fell_then for seed, fell_then in sweep.items())
-        lines.append(f"| {path} | {n} | {k} | {100 * k / n:.0f}% | {100 * low:.0f}–"
-                     f"{100 * high:.0f}% | {versus} | {', '.join(map(str, fell)) or 'none'} | "
-                     f"{agree} of {len(sweep)} |")
+        if mine := sorted((r for r in runs if r["path"] == path), key=lambda r: r["seed"]):
+            result[path] = {r["seed"]: early_collapsed(r) for r in mine}
+    return result
+
+
+def agreement(early: dict[str, dict[int, bool]]) -> str:
+    """Per path, on the seeds its 2-epoch sweep has finished on the CPU of these readings
+    (runs on another CPU are other runs, NOBN-COLLAPSE.md), how often the two agree."""
+    cpu = machine_name(torch.device("cpu"))
+    lines = ["| path | seeds read both ways | early reading agrees with the 2-epoch sweep |",
+             "| --- | --- | --- |"]
+    for path, swept in outcomes().items():
+        both = [seed for seed in swept
+                if seed in early.get(path, {}) and sweep_machine(path, seed) == cpu]
+        agree = sum(early[path][seed] == swept[seed] for seed in both)
+        lines.append(f"| {path} | {len(both)} | {agree} of {len(both)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -112,7 +111,9 @@ def main() -> None:
                         help="print the table of the runs recorded so far and stop")
     args = parser.parse_args()
     if args.table:
-        print(table(args.steps), end="")
+        early = early_outcomes(args.steps)
+        print(table(early) + "\n" + agreement(early), end="")
+        figure(early, FIGURE, f"runs collapsed by step {args.steps}")
         return
     torch.set_num_threads(args.threads)
     data = load_datasets(resolve_data_dir(args.data_dir))
