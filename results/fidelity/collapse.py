@@ -11,7 +11,8 @@ Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIS
 finished trials stay done and interrupted ones continue from their checkpoints. Each trial is
 the study's recipe for its first 2 epochs; a run counts as collapsed when its final test
 accuracy is within 5 points of chance (the report's rule). The table tests every path
-against all-off (Fisher's exact test) and, where two paths differ only in rounding, the
+against all-off (the difference of the rates with its 95 % interval, and Fisher's exact
+test) and, where two paths differ only in rounding, the
 seeds they share pair by pair (McNemar's exact test).
 """
 
@@ -79,6 +80,15 @@ def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
                         if p(x) <= observed * (1 + 1e-9)))
 
 
+def difference_interval(a: int, n1: int, b: int, n2: int) -> tuple[float, float]:
+    """95 % interval of the difference of two rates a/n1 − b/n2 (Newcombe's method: it
+    combines the two Wilson intervals, so it stays sound at 0 of n and at small n)."""
+    p1, p2 = a / n1, b / n2
+    (low1, high1), (low2, high2) = wilson_interval(a, n1), wilson_interval(b, n2)
+    return (p1 - p2 - math.hypot(p1 - low1, high2 - p2),
+            p1 - p2 + math.hypot(high1 - p1, p2 - low2))
+
+
 def mcnemar_exact(only_here: int, only_there: int) -> float:
     """Two-sided p-value of McNemar's exact test: of the seeds whose outcome differs between
     two paired paths, how unlikely a split this uneven is if either path is equally likely
@@ -109,16 +119,19 @@ def table(results: dict[str, dict[int, bool]]) -> str:
     """Rates with intervals, Fisher's test against all-off, and for the paths that change
     only rounding, McNemar's test over the seeds they share with the path they pair with."""
     lines = ["| path | settings | runs | collapsed | rate | 95% Wilson interval | "
-             "Fisher's exact p against all-off | paired with | collapsed only here / only "
-             "there | McNemar's exact p | seeds that collapsed |",
-             "|" + " --- |" * 11]
+             "difference from all-off (95% interval) | Fisher's exact p against all-off | "
+             "paired with | collapsed only here / only there | McNemar's exact p | seeds that "
+             "collapsed |", "|" + " --- |" * 12]
     for path, seeds in results.items():
         k, n = len(collapsed(seeds)), len(seeds)
         low, high = wilson_interval(k, n)
-        versus = "—"
+        difference = versus = "—"
         if path != "all-off" and "all-off" in results:
-            base = results["all-off"]
-            versus = f"{fisher_exact(k, n, len(collapsed(base)), len(base)):.2f}"
+            b, m = len(collapsed(results["all-off"])), len(results["all-off"])
+            low_d, high_d = difference_interval(k, n, b, m)
+            difference = (f"{100 * (k / n - b / m):+.0f} points ({100 * low_d:+.0f} to "
+                          f"{100 * high_d:+.0f})")
+            versus = f"{fisher_exact(k, n, b, m):.2f}"
         pair, split, paired_p = PAIRED.get(path, "—"), "—", "—"
         if pair in results:
             shared = seeds.keys() & results[pair].keys()
@@ -128,8 +141,8 @@ def table(results: dict[str, dict[int, bool]]) -> str:
             paired_p = f"{mcnemar_exact(here, there):.2f}"
         settings = ", ".join(f"`{s}`" for s in PATHS[path]) or "cnnlab's defaults"
         lines.append(f"| {path} | {settings} | {n} | {k} | {100 * k / n:.0f}% | "
-                     f"{100 * low:.0f}–{100 * high:.0f}% | {versus} | {pair} | {split} | "
-                     f"{paired_p} | {', '.join(map(str, collapsed(seeds))) or 'none'} |")
+                     f"{100 * low:.0f}–{100 * high:.0f}% | {difference} | {versus} | {pair} | "
+                     f"{split} | {paired_p} | {', '.join(map(str, collapsed(seeds))) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 
