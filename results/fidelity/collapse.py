@@ -129,8 +129,8 @@ def table(results: dict[str, dict[int, bool]]) -> str:
         if path != "all-off" and "all-off" in results:
             b, m = len(collapsed(results["all-off"])), len(results["all-off"])
             low_d, high_d = difference_interval(k, n, b, m)
-            difference = (f"{100 * (k / n - b / m):+.0f} points ({100 * low_d:+.0f} to "
-                          f"{100 * high_d:+.0f})")
+            difference = (f"{round(100 * (k / n - b / m)):+d} points "
+                          f"({round(100 * low_d):+d} to {round(100 * high_d):+d})")
             versus = f"{fisher_exact(k, n, b, m):.2f}"
         pair, split, paired_p = PAIRED.get(path, "—"), "—", "—"
         if pair in results:
