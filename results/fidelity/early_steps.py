@@ -70,9 +70,12 @@ def early_collapsed(run: dict) -> bool:
     return late_loss(run) > COLLAPSED_LOSS
 
 
-def early_outcomes(steps: int) -> dict[str, dict[int, bool]]:
-    """Per path read so far: each seed and whether it had collapsed by step `steps`."""
-    runs = [r for r in map(json.loads, OUT.read_text().splitlines()) if r["steps"] == steps]
+def early_runs(steps: int) -> list[dict]:
+    return [r for r in map(json.loads, OUT.read_text().splitlines()) if r["steps"] == steps]
+
+
+def early_outcomes(runs: list[dict]) -> dict[str, dict[int, bool]]:
+    """Per path read so far: each seed and whether it had collapsed by the last step."""
     result = {}
     for path in PATHS:
         if mine := sorted((r for r in runs if r["path"] == path), key=lambda r: r["seed"]):
@@ -80,16 +83,16 @@ def early_outcomes(steps: int) -> dict[str, dict[int, bool]]:
     return result
 
 
-def agreement(early: dict[str, dict[int, bool]]) -> str:
-    """Per path, on the seeds its 2-epoch sweep has finished on the CPU of these readings
+def agreement(runs: list[dict]) -> str:
+    """Per path, on the seeds whose 2-epoch sweep run finished on the CPU of the reading
     (runs on another CPU are other runs, NOBN-COLLAPSE.md), how often the two agree."""
-    cpu = machine_name(torch.device("cpu"))
+    read = {(r["path"], r["seed"]): r for r in runs}
     lines = ["| path | seeds read both ways | early reading agrees with the 2-epoch sweep |",
              "| --- | --- | --- |"]
     for path, swept in outcomes().items():
-        both = [seed for seed in swept
-                if seed in early.get(path, {}) and sweep_machine(path, seed) == cpu]
-        agree = sum(early[path][seed] == swept[seed] for seed in both)
+        both = [seed for seed in swept if (path, seed) in read
+                and sweep_machine(path, seed) == read[path, seed]["cpu"]]
+        agree = sum(early_collapsed(read[path, seed]) == swept[seed] for seed in both)
         lines.append(f"| {path} | {len(both)} | {agree} of {len(both)} |")
     return "\n".join(lines) + "\n"
 
@@ -111,8 +114,9 @@ def main() -> None:
                         help="print the table of the runs recorded so far and stop")
     args = parser.parse_args()
     if args.table:
-        early = early_outcomes(args.steps)
-        print(table(early) + "\n" + agreement(early), end="")
+        runs = early_runs(args.steps)
+        early = early_outcomes(runs)
+        print(table(early) + "\n" + agreement(runs), end="")
         figure(early, FIGURE, f"runs collapsed by step {args.steps}")
         return
     torch.set_num_threads(args.threads)
