@@ -3,7 +3,7 @@ a cheap early reading of the 2-epoch sweeps' outcome.
 
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
-    python results/fidelity/early_steps.py --paths cnnlab --seeds 0..23 --steps 100
+    python results/fidelity/early_steps.py --paths cnnlab --seeds 0..99 --steps 100
     python results/fidelity/early_steps.py --table      # the table, against the sweeps
 
 --table prints collapse.py's table for these readings (Fisher's test against all-off,
@@ -105,7 +105,7 @@ def sweep_machine(path: str, seed: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paths", default="cnnlab")
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0..23"))
+    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0..99"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1,
                         help="1, as the sweeps ran, so that the steps are theirs bit for bit")
