@@ -27,7 +27,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from cnnlab.files import atomic_write
-from cnnlab.report import did_not_learn, read_run, wilson_interval
+from cnnlab.report import Run, did_not_learn, read_run, wilson_interval
 
 HERE = Path(__file__).parent
 FIGURE = HERE / "collapse-rates.png"
@@ -97,8 +97,8 @@ def mcnemar_exact(only_here: int, only_there: int) -> float:
     return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
 
 
-def outcomes() -> dict[str, dict[int, bool]]:
-    """Per path with finished runs: each finished seed and whether it collapsed."""
+def finished_runs() -> dict[str, dict[int, Run]]:
+    """Per path with finished runs: each finished seed's run."""
     result = {}
     for path in PATHS:
         # metrics.csv is written after config.json, so a run that has it has both; a
@@ -106,9 +106,14 @@ def outcomes() -> dict[str, dict[int, bool]]:
         folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/metrics.csv"))
         runs = [run for run in (read_run(f.parent) for f in folders) if run.complete]
         if runs:
-            result[path] = {r.recipe.seed: did_not_learn(r) for r in sorted(
-                runs, key=lambda r: r.recipe.seed)}
+            result[path] = {r.recipe.seed: r for r in sorted(runs, key=lambda r: r.recipe.seed)}
     return result
+
+
+def outcomes() -> dict[str, dict[int, bool]]:
+    """Per path with finished runs: each finished seed and whether it collapsed."""
+    return {path: {seed: did_not_learn(run) for seed, run in runs.items()}
+            for path, runs in finished_runs().items()}
 
 
 def collapsed(seeds: dict[int, bool]) -> list[int]:

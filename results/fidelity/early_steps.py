@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from collapse import PATHS, figure, outcomes, table  # noqa: E402
+from collapse import PATHS, figure, finished_runs, table  # noqa: E402
 from first_steps import PROBE, Stop, dead_relus, seeds_arg, train_first_steps  # noqa: E402
 
 from cnnlab.data import load_datasets, resolve_data_dir  # noqa: E402
 from cnnlab.device import machine_name  # noqa: E402
 from cnnlab.recipe import parse_assignments  # noqa: E402
+from cnnlab.report import did_not_learn  # noqa: E402
 from cnnlab.train import Logger  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -71,7 +72,9 @@ def early_collapsed(run: dict) -> bool:
 
 
 def early_runs(steps: int) -> list[dict]:
-    return [r for r in map(json.loads, OUT.read_text().splitlines()) if r["steps"] == steps]
+    """The readings of `steps` steps recorded so far."""
+    records = OUT.read_text().splitlines() if OUT.exists() else []
+    return [r for r in map(json.loads, records) if r["steps"] == steps]
 
 
 def early_outcomes(runs: list[dict]) -> dict[str, dict[int, bool]]:
@@ -89,17 +92,13 @@ def agreement(runs: list[dict]) -> str:
     read = {(r["path"], r["seed"]): r for r in runs}
     lines = ["| path | seeds read both ways | early reading agrees with the 2-epoch sweep |",
              "| --- | --- | --- |"]
-    for path, swept in outcomes().items():
-        both = [seed for seed in swept if (path, seed) in read
-                and sweep_machine(path, seed) == read[path, seed]["cpu"]]
-        agree = sum(early_collapsed(read[path, seed]) == swept[seed] for seed in both)
+    for path, swept in finished_runs().items():
+        both = [seed for seed, run in swept.items() if (path, seed) in read
+                and run.info.get("machine", "") == read[path, seed]["cpu"]]
+        agree = sum(early_collapsed(read[path, seed]) == did_not_learn(swept[seed])
+                    for seed in both)
         lines.append(f"| {path} | {len(both)} | {agree} of {len(both)} |")
     return "\n".join(lines) + "\n"
-
-
-def sweep_machine(path: str, seed: int) -> str:
-    config = HERE / f"nobn-{path}" / "runs" / f"custom_nobn-seed{seed}" / "config.json"
-    return json.loads(config.read_text()).get("machine", "")
 
 
 def main() -> None:
@@ -122,11 +121,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_datasets(resolve_data_dir(args.data_dir))
     probe = data.test.images[:PROBE]
-    records = OUT.read_text().splitlines() if OUT.exists() else []
-    done = {(r["path"], r["seed"], r["steps"]) for r in map(json.loads, records)}
+    done = {(r["path"], r["seed"]) for r in early_runs(args.steps)}
     for path in args.paths.split(","):
         for seed in args.seeds:
-            if (path, seed, args.steps) in done:
+            if (path, seed) in done:
                 continue
             run = early_run(path, seed, args.steps, data.train, probe)
             with OUT.open("a") as f:
