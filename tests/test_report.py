@@ -374,15 +374,6 @@ def test_more_seeds_name_the_settings_their_runs_changed(tmp_path: Path) -> None
         'optimizer.fused=false, pipeline="per_image"):')
 
 
-def test_collapse_rates_have_wilson_intervals_and_a_start() -> None:
-    from cnnlab.report import wilson_interval
-
-    # Reference values of the Wilson score interval (z = 1.96).
-    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
-    assert wilson_interval(6, 14) == pytest.approx((0.2138, 0.6741), abs=1e-4)
-    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
-
-
 def test_runs_of_any_recipe_are_grouped_by_recipe_name(tmp_path: Path, data_dir: Path) -> None:
     """A recipe that is not one of the study's: its own group, an empty study column, and
     no notes about missing study recipes."""

@@ -19,7 +19,6 @@ seeds they share pair by pair (McNemar's exact test).
 from __future__ import annotations
 
 import argparse
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from cnnlab.files import atomic_write
-from cnnlab.report import Run, did_not_learn, read_run, wilson_interval
+from cnnlab.report import Run, did_not_learn, read_run
+from cnnlab.stats import fisher_exact, mcnemar_exact, newcombe_interval, wilson_interval
 
 HERE = Path(__file__).parent
 FIGURE = HERE / "collapse-rates.png"
@@ -67,36 +67,6 @@ def work(paths: list[str], workers: int) -> None:
                "--workers", str(workers))
 
 
-def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
-    """Two-sided p-value of Fisher's exact test for a of n1 against b of n2: the probability,
-    given the margins, of a table at most as likely as the one observed."""
-    total, k = n1 + n2, a + b
-
-    def p(x: int) -> float:
-        return math.comb(n1, x) * math.comb(n2, k - x) / math.comb(total, k)
-
-    observed = p(a)
-    return min(1.0, sum(p(x) for x in range(max(0, k - n2), min(k, n1) + 1)
-                        if p(x) <= observed * (1 + 1e-9)))
-
-
-def difference_interval(a: int, n1: int, b: int, n2: int) -> tuple[float, float]:
-    """95 % interval of the difference of two rates a/n1 − b/n2 (Newcombe's method: it
-    combines the two Wilson intervals, so it stays sound at 0 of n and at small n)."""
-    p1, p2 = a / n1, b / n2
-    (low1, high1), (low2, high2) = wilson_interval(a, n1), wilson_interval(b, n2)
-    return (p1 - p2 - math.hypot(p1 - low1, high2 - p2),
-            p1 - p2 + math.hypot(high1 - p1, p2 - low2))
-
-
-def mcnemar_exact(only_here: int, only_there: int) -> float:
-    """Two-sided p-value of McNemar's exact test: of the seeds whose outcome differs between
-    two paired paths, how unlikely a split this uneven is if either path is equally likely
-    to be the one that collapsed (a binomial test at 1/2)."""
-    n, k = only_here + only_there, min(only_here, only_there)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
-
-
 def finished_runs() -> dict[str, dict[int, Run]]:
     """Per path with finished runs: each finished seed's run."""
     result = {}
@@ -133,7 +103,7 @@ def table(results: dict[str, dict[int, bool]]) -> str:
         difference = versus = "—"
         if path != "all-off" and "all-off" in results:
             b, m = len(collapsed(results["all-off"])), len(results["all-off"])
-            low_d, high_d = difference_interval(k, n, b, m)
+            low_d, high_d = newcombe_interval(k, n, b, m)
             difference = (f"{round(100 * (k / n - b / m)):+d} points "
                           f"({round(100 * low_d):+d} to {round(100 * high_d):+d})")
             versus = f"{fisher_exact(k, n, b, m):.2f}"

@@ -12,7 +12,6 @@ import html
 import io
 import itertools
 import json
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from cnnlab.recipe import (  # noqa: E402
     list_builtin,
 )
 from cnnlab.runs import RunFolder, git_commit  # noqa: E402
+from cnnlab.stats import wilson_interval  # noqa: E402
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
 MAX_MISCLASSIFIED = 24
@@ -343,14 +343,6 @@ def chance_from(run: Run) -> int:
             break
         epoch = row["epoch"]
     return epoch
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion k/n: sound at 0 of n and at small n."""
-    p, z2 = k / n, z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def confusion(labels: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
