@@ -83,8 +83,8 @@ class Run:
 def read_run(path: Path) -> Run:
     """Parse one run folder; a damaged file is an error, never a silently wrong number."""
     folder = RunFolder(path)
-    info = folder.read_info()
-    return Run(path, info, from_record(info, str(folder.config_path)), folder.rows())
+    info = folder.info(require_checkpoint=False)
+    return Run(path, info, from_record(info, str(folder.config_path)), folder.read_metrics())
 
 
 def recipe_order(name: str) -> tuple[int, str]:
