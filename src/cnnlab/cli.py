@@ -241,7 +241,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
 
     for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
                              [Path(d) for d in args.collapse_runs],
@@ -261,7 +261,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
     from cnnlab.reproduce import reproduce
 
     names = parse_list(args.runs, recipes.list_builtin(), "recipe")
@@ -368,7 +368,7 @@ def cmd_sweep_status(args: argparse.Namespace) -> None:
 
 def cmd_sweep_report(args: argparse.Namespace) -> None:
     from cnnlab import sweep
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
 
     study, spec = sweep.load(args.name, sweep.open_storage(args.storage))
     sweep_dir = Path(args.runs_root) / args.name
@@ -381,13 +381,12 @@ def cmd_sweep_report(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
-def print_results(study_dir: Path) -> None:
+def print_results(folder: Path) -> None:
     """The report's results table, trimmed to the columns that fit a terminal."""
-    from cnnlab.report import load_runs, results_table
+    from cnnlab.report.tables import TERMINAL_COLUMNS, results_table
+    from cnnlab.runs import load_runs
 
-    headers, rows = results_table(load_runs(study_dir)[0])
-    keep = [0, 1, 2, 3, 4, 8, 9]  # preset, seeds, final acc, study, Δ, epochs, time
-    print(format_table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows]))
+    print(format_table(*results_table(load_runs(folder)[0]).select(TERMINAL_COLUMNS)))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

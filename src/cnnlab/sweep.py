@@ -656,7 +656,7 @@ def status_json(rows: list[dict[str, Any]]) -> str:
 
 def write_search_report(study: optuna.Study, spec: SweepSpec, sweep_dir: Path,
                         command: str) -> tuple[Path, Path]:
-    from cnnlab.report import build_search_report
+    from cnnlab.report.search import build_search_report
 
     optuna = import_optuna()
     importances = None
