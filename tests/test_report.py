@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -302,7 +303,7 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
                      "custom_nobn": "-36.90"}
 
 
-def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
+def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     from cnnlab.report.verdicts import ablation_text, results_notes
     from cnnlab.runs import load_runs
 
@@ -434,3 +435,11 @@ def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkey
     assert rows[f"custom ({study})"]["first epoch"] == "3"
     assert rows["lenet"]["machine"] == "AMD EPYC"
     assert [row["recipe"] for row in parse_table(section(markdown, SECTIONS[0]))] == ["custom"]
+
+
+def test_figures_load_neither_pyplot_nor_the_inference_code() -> None:
+    """`cnnlab train` draws a run's plots through cnnlab.report.figures: importing it switches
+    no matplotlib backend and loads none of the study report's inference code."""
+    code = ("import sys, cnnlab.report.figures; "
+            "assert not {'matplotlib.pyplot', 'cnnlab.inference'} & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
