@@ -8,6 +8,9 @@
 | predictions.csv | that epoch's reported model on each test image: true and predicted class |
 | loss.png, accuracy.png | train, validation and test curves |
 | tensorboard/ | event files, with `--log tensorboard` |
+
+`RunFolder` writes and reads one folder; `read_run` and `load_runs` read finished folders back
+as `Run`s, for the reports and the experiments.
 """
 
 from __future__ import annotations
