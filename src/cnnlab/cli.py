@@ -230,7 +230,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
 
     for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
                              [Path(d) for d in args.collapse_runs],
@@ -250,7 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
     from cnnlab.reproduce import reproduce
 
     names = parse_list(args.runs, recipes.list_builtin(), "recipe")

@@ -23,10 +23,9 @@ def named_recipe(name: str) -> Recipe:
     return recipes.builtin(name)
 
 
-def print_results(study_dir: Path) -> None:
+def print_results(folder: Path) -> None:
     """The report's results table, trimmed to the columns that fit a terminal."""
-    from cnnlab.report import load_runs, results_table
+    from cnnlab.report.tables import TERMINAL_COLUMNS, results_table
+    from cnnlab.runs import load_runs
 
-    headers, rows = results_table(load_runs(study_dir)[0])
-    keep = [0, 1, 2, 3, 4, 8, 9]  # preset, seeds, final acc, study, Δ, epochs, time
-    print(format_table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows]))
+    print(format_table(*results_table(load_runs(folder)[0]).select(TERMINAL_COLUMNS)))

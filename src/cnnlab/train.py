@@ -241,7 +241,10 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
             for logger in loggers:
                 logger.close()
             if rows:
-                run.write_plots(rows, recipe.name)
+                # Imported here: matplotlib would slow every command that imports training.
+                from cnnlab.report.figures import write_run_figures
+
+                write_run_figures(run.path, rows, recipe.name)
     return rows
 
 

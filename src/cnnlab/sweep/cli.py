@@ -92,7 +92,7 @@ def cmd_sweep_status(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
 
     optuna_study, spec = load_sweep(args.name, open_storage(args.storage))
     sweep_dir = Path(args.runs_root) / args.name

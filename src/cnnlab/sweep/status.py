@@ -49,7 +49,7 @@ def status_json(rows: list[dict[str, Any]]) -> str:
 
 def write_search_report(optuna_study: Study, spec: SweepSpec, sweep_dir: Path,
                         command: str) -> tuple[Path, Path]:
-    from cnnlab.report import build_search_report
+    from cnnlab.report.search import build_search_report
 
     importances = engine.param_importances(optuna_study)
     log_params = {k: p["kind"] == "log" for k, p in spec.params.items()}
