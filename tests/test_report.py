@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cnnlab.device import machine_name
 from cnnlab.loggers import Logger
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
-from cnnlab.report import SECTIONS, build_report
+from cnnlab.report.study import SECTIONS, build_report
 from cnnlab.runs import RunFolder
 from conftest import one_line_error, study_recipe, train_recipe
 
@@ -283,7 +284,9 @@ def as_long_as_the_study(preset: str, final: float) -> tuple[list[float], list[f
 
 
 def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path) -> None:
-    from cnnlab.report import load_runs, results_notes, results_table
+    from cnnlab.report.tables import results_table
+    from cnnlab.report.verdicts import results_notes
+    from cnnlab.runs import load_runs
 
     fake_run(tmp_path, "lenet", 0, *as_long_as_the_study("lenet", 0.905))  # vs 89.9: within ±1
     fake_run(tmp_path, "custom", 0, *as_long_as_the_study("custom", 0.922))  # vs 93.3: outside
@@ -300,8 +303,9 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
                      "custom_nobn": "-36.90"}
 
 
-def test_a_run_that_did_not_learn_is_named(tmp_path: Path) -> None:
-    from cnnlab.report import ablation_text, load_runs, results_notes
+def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
+    from cnnlab.report.verdicts import ablation_text, results_notes
+    from cnnlab.runs import load_runs
 
     fake_run(tmp_path, "custom", 0, [0.90, 0.91, 0.93], [0.4, 0.35, 0.3])
     fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.85, 0.88], [0.5, 0.9, 0.4])
@@ -359,7 +363,7 @@ def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatc
 def test_more_seeds_name_the_settings_their_runs_changed(tmp_path: Path) -> None:
     """Runs computed another way (here the study's per-image pipeline and plain Adam) say
     so beside their collapse rate; runs of the built-in recipe as shipped say nothing."""
-    from cnnlab.report import more_seeds_text
+    from cnnlab.report.verdicts import more_seeds_text
 
     fake_run(tmp_path / "fast", "custom_nobn", 0, [0.1], [2.3])
     assert more_seeds_text(tmp_path / "fast")[0].endswith("(1 finished run(s) of 1 epochs):")
@@ -431,3 +435,11 @@ def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkey
     assert rows[f"custom ({study})"]["first epoch"] == "3"
     assert rows["lenet"]["machine"] == "AMD EPYC"
     assert [row["recipe"] for row in parse_table(section(markdown, SECTIONS[0]))] == ["custom"]
+
+
+def test_figures_load_neither_pyplot_nor_the_inference_code() -> None:
+    """`cnnlab train` draws a run's plots through cnnlab.report.figures: importing it switches
+    no matplotlib backend and loads none of the study report's inference code."""
+    code = ("import sys, cnnlab.report.figures; "
+            "assert not {'matplotlib.pyplot', 'cnnlab.inference'} & set(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)

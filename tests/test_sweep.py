@@ -17,7 +17,7 @@ import pytest
 
 from cnnlab.cli import main
 from cnnlab.runs import read_metrics
-from cnnlab.sweep import open_storage
+from cnnlab.sweep.storage import open_storage
 from conftest import REPO, one_line_error
 
 TINY = ["--set", "limit_train=1500", "--set", "limit_test=200"]

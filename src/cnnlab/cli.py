@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab import recipe as recipes
+from cnnlab.cli_common import format_table, named_recipe, print_results
 from cnnlab.data import SHA256, download, ensure_data, load_split, resolve_data_dir, verify
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
@@ -26,7 +26,10 @@ from cnnlab.models import count_macs, count_parameters, get_model, is_user_code,
 from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
 from cnnlab.runs import RunFolder, command_line
-from cnnlab.sweep import DEFAULT_RUNS_ROOT, DEFAULT_STORAGE
+from cnnlab.sweep.cli import add_sweep_command, run_workers
+from cnnlab.sweep.definition import grid_spec, parse_int_list
+from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.sweeps import ensure_sweep
 from cnnlab.train import resume_recipe, start_or_resume
 
 
@@ -35,13 +38,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise CnnlabError(f"{message} (see `{self.prog} --help`)")
-
-
-def format_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)
 
 
 # --------------------------------------------------------------------------- commands
@@ -67,13 +63,6 @@ def cmd_presets(args: argparse.Namespace) -> None:
                      f"{100 * r.study.accuracy:.1f}%" if r.is_study else ""])
     print(format_table(["recipe", "model", "batch", "epochs", "optimizer", "lr", "schedule",
                         "augmentation", "study"], rows))
-
-
-def named_recipe(name: str) -> Recipe:
-    """A built-in recipe by name, or a recipe file by path."""
-    if name.endswith(".toml") or Path(name).is_file():
-        return recipes.load_file(Path(name))
-    return recipes.builtin(name)
 
 
 def cmd_recipe_show(args: argparse.Namespace) -> None:
@@ -224,7 +213,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
 
     for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
                              [Path(d) for d in args.collapse_runs],
@@ -244,24 +233,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from cnnlab.report import build_report
+    from cnnlab.report.study import build_report
     from cnnlab.reproduce import reproduce
 
     names = parse_list(args.runs, recipes.list_builtin(), "recipe")
     try:
-        seeds = sorted({int(s) for s in args.seeds.split(",")})
-    except ValueError:
-        raise CnnlabError(f"--seeds wants integers like 0,1,2 (got {args.seeds!r})") from None
+        seeds = parse_int_list(args.seeds)
+    except CnnlabError as e:
+        raise CnnlabError(f"--seeds wants integers: {e}") from None
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
     if args.workers is not None:
-        from cnnlab import sweep
-
         # The study's grid as a sweep named after --out, its journal inside --out.
         storage = str(out_dir / "sweep.journal")
         grid = {"recipe": names, "seed": seeds}
-        spec = sweep.grid_spec(grid, {n: recipes.builtin(n) for n in names},
-                               QUICK if args.quick else {})
-        sweep.ensure(out_dir.name, sweep.open_storage(storage), spec)
+        spec = grid_spec(grid, {n: recipes.builtin(n) for n in names},
+                         QUICK if args.quick else {})
+        ensure_sweep(out_dir.name, open_storage(storage), spec)
         run_workers(out_dir.name, storage, out_dir.parent, args)
     else:
         reproduce(names, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
@@ -269,108 +256,6 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
     print_results(out_dir)
-
-
-def cmd_sweep_create(args: argparse.Namespace) -> None:
-    from cnnlab import sweep
-
-    fixed = recipes.parse_assignments(args.set or [])
-    if args.grid and args.param:
-        raise CnnlabError("give --grid (every combination) or --param (a search), not both")
-    if args.grid:
-        grid = sweep.parse_grid(args.grid)
-        names = grid.get("recipe") or ([args.recipe] if args.recipe else [])
-        if not names:
-            raise CnnlabError("say which recipe: a recipe=… key in --grid, or --recipe NAME")
-        if "recipe" in grid and args.recipe:
-            raise CnnlabError("--grid has recipe=…; drop --recipe")
-        loaded = [named_recipe(str(n)) for n in names]
-        if "recipe" in grid:  # files stand in the grid by their recipe's name
-            grid["recipe"] = [r.name for r in loaded]
-        spec = sweep.grid_spec(grid, {r.name: r for r in loaded}, fixed)
-    else:
-        if not args.recipe:
-            raise CnnlabError("a search needs --recipe NAME|FILE and --param KEY=KIND:…; "
-                              "a grid needs --grid 'KEY=V1,V2 …'")
-        params = sweep.parse_params(args.param or [])
-        spec = sweep.search_spec(named_recipe(args.recipe), params, fixed, args.trials,
-                                 args.objective, args.pruner, args.seed)
-    count = sweep.create(args.name, sweep.open_storage(args.storage), spec)
-    storage = sweep.safe_url(args.storage)
-    print(f"sweep {args.name}: {count} trials queued in {storage}; start workers with "
-          f"`cnnlab sweep work {args.name} --storage {storage}`")
-
-
-def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> None:
-    """Work on sweep `name` with args.workers processes here; runs go to runs_root/name."""
-    from cnnlab import sweep
-
-    if args.workers < 1 or args.heartbeat < 1:
-        raise CnnlabError("--workers and --heartbeat must be >= 1")
-    sweep.load(name, sweep.open_storage(storage, args.heartbeat))  # fail here, not K times
-    if args.workers == 1:
-        sweep.work(name, storage, runs_root / name, resolve_data_dir(args.data_dir),
-                   resolve_device(args.device), args.heartbeat, args.model_code)
-        return
-    forwarded = [name, "--storage", storage, "--runs-root", str(runs_root),
-                 "--heartbeat", str(args.heartbeat), "--device", args.device]
-    for flag, value in (("--data-dir", args.data_dir), ("--model-code", args.model_code)):
-        forwarded += [flag, value] if value else []
-    threads = args.threads or max(1, sweep.cpu_count() // args.workers)
-    sweep.spawn_workers(args.workers, threads, forwarded)
-
-
-def cmd_sweep_work(args: argparse.Namespace) -> None:
-    from cnnlab import sweep
-
-    run_workers(args.name, args.storage, Path(args.runs_root), args)
-    if os.environ.get(sweep.SPAWNED_ENV):
-        return  # the command that started this worker sums up
-    study, _ = sweep.load(args.name, sweep.open_storage(args.storage))
-    rows = sweep.trial_rows(study, Path(args.runs_root) / args.name)
-    print(f"sweep {args.name}: {sweep.state_counts(rows)}; runs in "
-          f"{Path(args.runs_root) / args.name / 'runs'}")
-
-
-def cmd_sweep_status(args: argparse.Namespace) -> None:
-    from cnnlab import sweep
-
-    study, spec = sweep.load(args.name, sweep.open_storage(args.storage))
-    rows = sweep.trial_rows(study, Path(args.runs_root) / args.name)
-    if args.json:
-        print(sweep.status_json(rows))
-        return
-    table = [[r["trial"], r["state"].lower(), "" if r["value"] is None else f"{r['value']:.4f}",
-              " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in r["params"].items()),
-              r["epochs"], r["run"] or "", r["host"] or ""] for r in rows]
-    print(format_table(["trial", "state", spec.metric, "parameters", "epochs", "run folder",
-                        "worker"], table))
-    print(f"{len(rows)} trials: {sweep.state_counts(rows)}")
-
-
-def cmd_sweep_report(args: argparse.Namespace) -> None:
-    from cnnlab import sweep
-    from cnnlab.report import build_report
-
-    study, spec = sweep.load(args.name, sweep.open_storage(args.storage))
-    sweep_dir = Path(args.runs_root) / args.name
-    if spec.kind == "grid":
-        for path in build_report(sweep_dir, resolve_data_dir(args.data_dir), command_line()):
-            print(f"wrote {path}")
-        print_results(sweep_dir)
-    else:
-        for path in sweep.write_search_report(study, spec, sweep_dir, command_line()):
-            print(f"wrote {path}")
-
-
-def print_results(study_dir: Path) -> None:
-    """The report's results table, trimmed to the columns that fit a terminal."""
-    from cnnlab.report import load_runs, results_table
-
-    headers, rows = results_table(load_runs(study_dir)[0])
-    keep = [0, 1, 2, 3, 4, 8, 9]  # preset, seeds, final acc, study, Δ, epochs, time
-    print(format_table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows]))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -516,51 +401,7 @@ def add_download(sub: Commands, parents: Parents) -> None:
 
 
 def add_sweep(sub: Commands, parents: Parents) -> None:
-    common, user_code, heartbeat = parents.common, parents.user_code, parents.heartbeat
-    p = sub.add_parser("sweep", help="many runs as an Optuna study: grids, searches, "
-                       "many workers and machines")
-    sweep_sub = p.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
-    storage = Parser(add_help=False)
-    storage.add_argument("name", metavar="NAME", help="the sweep (an Optuna study)")
-    storage.add_argument("--storage", default=DEFAULT_STORAGE, metavar="PATH|URL",
-                         help="a journal file (one machine; default %(default)s) or "
-                         "postgresql://USER:PASSWORD@HOST/DB (many machines)")
-    runs_root = Parser(add_help=False)
-    runs_root.add_argument("--runs-root", default=DEFAULT_RUNS_ROOT, metavar="DIR",
-                           help="run folders go to DIR/NAME/runs/ (default %(default)s)")
-
-    q = sweep_sub.add_parser("create", help="define a sweep and queue its trials",
-                             parents=[common, storage])
-    q.add_argument("--grid", metavar="'KEY=V1,V2 KEY=A..B …'",
-                   help="every combination once, e.g. 'recipe=custom,custom_nobn seed=0..9'")
-    q.add_argument("--recipe", metavar="NAME|FILE", help="the recipe (of a search, or of a "
-                   "grid without recipe=…)")
-    q.add_argument("--param", action="append", metavar="KEY=KIND:…",
-                   help="a searched key: float:LOW:HIGH, log:LOW:HIGH, int:LOW:HIGH or "
-                   "cat:A,B (repeatable)")
-    q.add_argument("--trials", type=int, default=20, help="search: how many (default 20)")
-    q.add_argument("--objective", default="val_acc", help="search: val_acc (maximized) or "
-                   "val_loss (minimized), on the validation split (default %(default)s)")
-    q.add_argument("--pruner", default="none", help="search: none, median or hyperband, on "
-                   "the objective per epoch (default %(default)s)")
-    q.add_argument("--seed", type=int, help="search: the sampler's seed (repeatable with one "
-                   "worker)")
-    q.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="fix a recipe key for every trial, as `cnnlab train --set`")
-    q.set_defaults(run=cmd_sweep_create)
-    q = sweep_sub.add_parser("work", help="run the sweep's trials with K workers here "
-                             "(start more on other machines)",
-                             parents=[common, storage, runs_root, heartbeat, user_code])
-    q.add_argument("--workers", type=int, default=1, metavar="K",
-                   help="worker processes, each with cores/K threads unless --threads")
-    q.set_defaults(run=cmd_sweep_work)
-    q = sweep_sub.add_parser("status", help="every trial: state, parameters, value, run, "
-                             "worker", parents=[common, storage, runs_root])
-    q.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    q.set_defaults(run=cmd_sweep_status)
-    sweep_sub.add_parser("report", help="a grid's report (mean ± std per recipe) or a "
-                         "search's (best trials, parameters, importances)",
-                         parents=[common, storage, runs_root]).set_defaults(run=cmd_sweep_report)
+    add_sweep_command(sub, parents.common, parents.user_code, parents.heartbeat)
 
 
 def add_reproduce(sub: Commands, parents: Parents) -> None:
@@ -572,7 +413,8 @@ def add_reproduce(sub: Commands, parents: Parents) -> None:
     p.set_defaults(model_code=None)
     p.add_argument("--runs", default=",".join(recipes.STUDY_ORDER),
                    help="comma-separated built-in recipes (default: the study's five)")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds and ranges, e.g. "
+                   "0,1,2 or 0..9 (default 0)")
     p.add_argument("--out", default="results/study", help="study folder (default %(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="subsets and few epochs: "

@@ -8,16 +8,21 @@
 | predictions.csv | that epoch's reported model on each test image: true and predicted class |
 | loss.png, accuracy.png | train, validation and test curves |
 | tensorboard/ | event files, with `--log tensorboard` |
+
+`RunFolder` writes and reads one folder; `read_run` and `load_runs` read finished folders back
+as `Run`s, for the reports and the experiments.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,10 +30,11 @@ from typing import Any
 import torch
 
 from cnnlab import __version__
+from cnnlab.data import CLASSES
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write, atomic_write_text
-from cnnlab.recipe import Recipe
+from cnnlab.files import atomic_write_text
+from cnnlab.recipe import STUDY_ORDER, Recipe, from_record
 
 METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                   "seconds", "train_img_per_s", "val_loss", "val_acc")
@@ -36,6 +42,9 @@ METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 OPTIONAL_COLUMNS = ("val_loss", "val_acc")
 RUN_FILES = ("last.pt", "metrics.csv", "predictions.csv", "config.json", "loss.png",
              "accuracy.png")
+# Within 5 points of chance: a network that collapsed (a no-BN network at a high learning
+# rate can die in its first steps) rather than trained badly.
+CHANCE_BAND = 1 / len(CLASSES) + 0.05
 
 
 def command_line() -> str:
@@ -218,29 +227,75 @@ class RunFolder:
     def epochs_done(self) -> int:
         return len(self.read_metrics()) if self.checkpoint.is_file() else 0
 
-    def write_plots(self, rows: list[dict[str, Any]], title: str) -> list[Path]:
-        """loss.png (train, validation and test loss per epoch, like the study's Figures
-        1–5) and accuracy.png."""
-        import matplotlib
 
-        matplotlib.use("Agg")
-        from matplotlib.figure import Figure
+@dataclass
+class Run:
+    """One training run as its folder recorded it."""
 
-        epochs = [r["epoch"] for r in rows]
-        paths = []
-        for name, key, ylabel in (("loss.png", "loss", "cross-entropy loss"),
-                                  ("accuracy.png", "acc", "accuracy (%)")):
-            scale = 100 if key == "acc" else 1
-            fig = Figure(figsize=(6, 4), dpi=110, layout="tight")
-            ax = fig.subplots()
-            for split, marker in (("train", "o-"), ("val", "^-"), ("test", "s-")):
-                values = [r.get(f"{split}_{key}") for r in rows]
-                if all(v is not None for v in values):
-                    ax.plot(epochs, [scale * v for v in values], marker, ms=3, label=split)
-            ax.set(title=f"{title}: {ylabel.split(' (')[0]}", xlabel="epoch", ylabel=ylabel)
-            ax.grid(alpha=0.3)
-            ax.legend()
-            path = self.path / name
-            atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png"))
-            paths.append(path)
-        return paths
+    path: Path
+    info: dict[str, Any]          # config.json
+    recipe: Recipe                # as recorded in config.json
+    rows: list[dict[str, Any]]    # metrics.csv
+
+    @property
+    def planned_epochs(self) -> int:
+        return self.recipe.epochs
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) >= self.planned_epochs
+
+    @property
+    def final_acc(self) -> float:
+        return self.rows[-1]["test_acc"]
+
+    @property
+    def best_acc(self) -> float:
+        return max(r["test_acc"] for r in self.rows)
+
+    @property
+    def collapsed(self) -> bool:
+        """Whether the run ended at chance level: it collapsed rather than trained badly."""
+        return self.final_acc < CHANCE_BAND
+
+    @property
+    def elapsed(self) -> list[float]:
+        """Cumulative training seconds (evaluation included) at the end of each epoch."""
+        return list(itertools.accumulate(r["seconds"] for r in self.rows))
+
+
+def read_run(path: Path) -> Run:
+    """Parse one run folder; a damaged file is an error, never a silently wrong number."""
+    folder = RunFolder(path)
+    info = folder.info(require_checkpoint=False)
+    return Run(path, info, from_record(info, str(folder.config_path)), folder.read_metrics())
+
+
+def _recipe_order(name: str) -> tuple[int, str]:
+    return (STUDY_ORDER.index(name) if name in STUDY_ORDER else len(STUDY_ORDER), name)
+
+
+def load_runs(folder: Path) -> tuple[dict[str, list[Run]], list[str]]:
+    """Runs of FOLDER/runs/ grouped by recipe name (the study's first, in its order; then by
+    seed), and notes on runs left out."""
+    if not folder.is_dir():
+        raise CnnlabError(f"study folder {folder} does not exist; give the folder that "
+                          "holds runs/<recipe>-seed<k>/")
+    paths = sorted(p for p in (folder / "runs").glob("*/")
+                   if RunFolder(p).config_path.exists() or RunFolder(p).metrics_path.exists())
+    if not paths:
+        raise CnnlabError(f"{folder / 'runs'} holds no run folders; train into it first, "
+                          f"e.g. `cnnlab train lenet --seed 0 --out {folder}/runs/lenet-seed0`")
+    groups: dict[str, list[Run]] = {}
+    notes = []
+    for path in paths:
+        run = read_run(path)
+        if not run.rows:
+            notes.append(f"{path.name} has no finished epoch and is left out.")
+            continue
+        groups.setdefault(run.recipe.name, []).append(run)
+    if not groups:
+        raise CnnlabError(f"no run in {folder / 'runs'} has finished an epoch; "
+                          "let training run for at least one epoch")
+    return ({name: sorted(groups[name], key=lambda r: r.recipe.seed)
+             for name in sorted(groups, key=_recipe_order)}, notes)

@@ -1,4 +1,4 @@
-"""Small-sample statistics for rates over seeds, shared by the reports and the experiments.
+"""Small-sample statistics over seeds, shared by the reports and the experiments.
 
 Written out rather than taken from scipy: each is a few lines, exact, and keeps scipy out of
 cnnlab's dependencies."""
@@ -6,6 +6,13 @@ cnnlab's dependencies."""
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
+
+
+def sample_std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n − 1); None for fewer than two values."""
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -233,7 +233,10 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
             for logger in loggers:
                 logger.close()
             if metrics:
-                run.write_plots(metrics, recipe.name)
+                # Imported here: matplotlib would slow every command that imports training.
+                from cnnlab.report.figures import write_run_figures
+
+                write_run_figures(run.path, metrics, recipe.name)
     return metrics
 
 

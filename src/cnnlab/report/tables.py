@@ -1,0 +1,141 @@
+"""The study report's tables of results and of time to accuracy, with named columns.
+
+A column is named by its header, so a caller that shows part of a table (the terminal after
+`cnnlab report`) picks its columns by name.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from cnnlab.models import count_macs, count_parameters, create_model, is_user_code
+from cnnlab.recipe import STUDY_ORDER, builtin
+from cnnlab.runs import Run
+from cnnlab.stats import sample_std
+
+# The results table's columns that fit a terminal.
+TERMINAL_COLUMNS = ("recipe", "seeds", "final test acc (%)", "study (%)", "Δ (points)",
+                    "epochs", "training time (s, all seeds)")
+
+
+class Table(NamedTuple):
+    """Headers and rows of cells; a column is named by its header."""
+
+    headers: list[str]
+    rows: list[list[str]]
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, str]]) -> Table:
+        """A table of rows given as {header: cell}, each with the same headers in order."""
+        headers = list(records[0]) if records else []
+        return cls(headers, [[record[h] for h in headers] for record in records])
+
+    def select(self, names: Sequence[str]) -> Table:
+        """Only the named columns, in the order named."""
+        index = [self.headers.index(name) for name in names]
+        return Table(list(names), [[row[i] for i in index] for row in self.rows])
+
+
+# --------------------------------------------------------------------------- cells
+
+def spread(values: list[float]) -> str:
+    """The value for one run; mean ± std (min–max) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return (f"{statistics.mean(values):.2f} ± {sample_std(values):.2f} "
+            f"({min(values):.2f}–{max(values):.2f})")
+
+
+def pct_summary(values: list[float]) -> str:
+    """Fractions as percentages, in `spread`'s form."""
+    return spread([100 * v for v in values])
+
+
+def mean_final(runs: list[Run]) -> float:
+    return statistics.mean(r.final_acc for r in runs)
+
+
+def trained_as_study(runs: list[Run]) -> bool:
+    """Whether the runs trained as long as the study's recipe, on all the data: only then
+    is their accuracy comparable with the study's (a sweep may run its first epochs only)."""
+    return all((r.recipe.name not in STUDY_ORDER
+                or r.recipe.epochs == builtin(r.recipe.name).epochs)
+               and not r.recipe.limit_train and not r.recipe.limit_test for r in runs)
+
+
+def epochs_cell(runs: list[Run]) -> str:
+    cells = dict.fromkeys(str(len(r.rows)) if r.complete else
+                          f"{len(r.rows)} of {r.planned_epochs} (incomplete)" for r in runs)
+    return ", ".join(cells)
+
+
+def recorded(runs: list[Run], key: str, missing: str) -> str:
+    """The distinct values the runs recorded in config.json under `key`, in order."""
+    return ", ".join(dict.fromkeys(str(r.info.get(key, missing)) for r in runs))
+
+
+# --------------------------------------------------------------------------- results
+
+def results_table(groups: dict[str, list[Run]]) -> Table:
+    return Table.from_records([result_record(name, runs) for name, runs in groups.items()])
+
+
+def result_record(name: str, runs: list[Run]) -> dict[str, str]:
+    """One recipe's row of the results table."""
+    study = runs[0].recipe.study.accuracy
+    spec = runs[0].recipe.model
+    model = None if is_user_code(spec.name) else create_model(spec.name, spec.args)
+    epochs = [row for r in runs for row in r.rows]
+    return {
+        "recipe": name,
+        "seeds": ", ".join(str(r.recipe.seed) for r in runs),
+        "final test acc (%)": pct_summary([r.final_acc for r in runs]),
+        "study (%)": "" if study is None else f"{100 * study:.1f}",
+        "Δ (points)": "" if study is None else (f"{100 * (mean_final(runs) - study):+.2f}"
+                                                if trained_as_study(runs)
+                                                else "— (not its recipe)"),
+        "best-epoch test acc (%, picked on test set: optimistic)":
+            pct_summary([r.best_acc for r in runs]),
+        "parameters": "—" if model is None else f"{count_parameters(model):,}",
+        "MACs/image": "—" if model is None else f"{count_macs(model):,}",
+        "epochs": epochs_cell(runs),
+        "training time (s, all seeds)": f"{sum(row['seconds'] for row in epochs):.1f}",
+        "median train img/s": f"{statistics.median(row['train_img_per_s'] for row in epochs):.0f}",
+        "device": recorded(runs, "device", "?"),
+    }
+
+
+# --------------------------------------------------------------------------- time to accuracy
+
+def study_best() -> float:
+    """The study's best accuracy (its custom network's 93.3 %): the bar for time to accuracy."""
+    return max(builtin(name).study.accuracy for name in STUDY_ORDER)
+
+
+def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
+    """The first epoch whose test accuracy reaches `accuracy`, and the seconds until then."""
+    for row, seconds in zip(run.rows, run.elapsed, strict=True):
+        if row["test_acc"] >= accuracy:
+            return row["epoch"], seconds
+    return None
+
+
+def time_table(groups: dict[str, list[Run]], target: float) -> Table:
+    records = []
+    for name, runs in groups.items():
+        reached = [hit for r in runs if (hit := time_to(r, target))]
+        records.append({
+            "recipe": name,
+            "seeds": str(len(runs)),
+            f"seeds reaching {100 * target:.1f}%": f"{len(reached)} of {len(runs)}",
+            "time to reach it (min)": spread([t / 60 for _, t in reached]) if reached
+            else "never",
+            "first epoch": ", ".join(str(e) for e, _ in reached) or "–",
+            "final accuracy": pct_summary([r.final_acc for r in runs]),
+            "training time per run (min)": spread([r.elapsed[-1] / 60 for r in runs]),
+            # older run folders did not record the CPU or GPU model
+            "machine": recorded(runs, "machine", "not recorded"),
+        })
+    return Table.from_records(records)
