@@ -1,5 +1,6 @@
 """The loop: one epoch with per-step hooks, evaluation, and a whole run with checkpoints and
-complete resume.
+complete resume; `start_or_resume` is how every command (train, reproduce, the sweep worker)
+begins or continues a run.
 
 Randomness is a function of (seed, epoch): the model is initialised from `seed`, and each
 epoch reseeds the data order, the augmentation draws and dropout from (seed, epoch). A run
