@@ -18,11 +18,11 @@ import torch
 
 from cnnlab.cli import main
 from cnnlab.device import machine_name
+from cnnlab.loggers import Logger
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
 from cnnlab.report.study import SECTIONS, build_report
 from cnnlab.runs import RunFolder
-from cnnlab.train import Logger
 from conftest import one_line_error, study_recipe, train_recipe
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -6,9 +6,9 @@ import torch
 import cnnlab.reproduce
 from cnnlab.cli import main
 from cnnlab.errors import CnnlabError
+from cnnlab.loggers import Logger
 from cnnlab.reproduce import plan, reproduce
 from cnnlab.runs import read_metrics
-from cnnlab.train import Logger
 from conftest import train_recipe
 
 TINY = {"epochs": 2, "limit_train": 400, "limit_test": 200}

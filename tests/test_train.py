@@ -8,9 +8,10 @@ import torch
 
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
+from cnnlab.loggers import Logger
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
-from cnnlab.train import Logger, resume_recipe
+from cnnlab.train import resume_recipe
 from conftest import CPU, computed, study_recipe, train_recipe
 
 GOLDEN = Path(__file__).parent / "golden" / "study-presets.json"
@@ -328,3 +329,80 @@ def test_train_leaves_the_global_rng_and_flags_as_it_found_them(tmp_path, data_d
                  tmp_path, data_dir)
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.backends.cudnn.benchmark is False
+
+
+class StepCounter(Logger):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        self.steps.append(step)
+
+
+def test_an_epoch_stops_after_max_steps(tmp_path):
+    """50 synthetic images in batches of 8 make 7 steps; max_steps=3 does the first 3."""
+    from cnnlab.data import load_datasets
+    from cnnlab.models import create_model
+    from cnnlab.parts import build_parts
+    from cnnlab.train import train_one_epoch
+    from conftest import write_dataset
+
+    train_set = load_datasets(write_dataset(tmp_path / "data"), 0, None, None).train
+    recipe = study_recipe("lenet", batch_size=8)
+
+    def counted_epoch(max_steps):
+        torch.manual_seed(0)
+        parts = build_parts(recipe, create_model("lenet", {}), CPU, 7)
+        counter = StepCounter()
+        stats = train_one_epoch(parts, train_set, 1, loggers=[counter], max_steps=max_steps)
+        return counter.steps, stats
+
+    steps, stats = counted_epoch(3)
+    assert steps == [1, 2, 3]
+    assert (stats.acc * 24).is_integer()  # the 24 images of the 3 steps done
+    assert counted_epoch(None)[0] == list(range(1, 8))
+
+
+def git(folder: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder,
+                   check=True, capture_output=True)
+
+
+def test_a_run_records_whether_its_code_differs_from_the_commit(tmp_path, monkeypatch):
+    """config.json: git_dirty, and the diff of the package's source and pyproject.toml
+    (nothing else of the checkout) when they differ; null outside a checkout."""
+    import cnnlab.runs
+
+    repo = tmp_path / "repo"
+    package = repo / "src" / "cnnlab"
+    package.mkdir(parents=True)
+    for path in (package / "x.py", repo / "pyproject.toml", repo / "notes.txt"):
+        path.write_text("before\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "start")
+    monkeypatch.setattr(cnnlab.runs, "PACKAGE_DIR", package)
+
+    def started(name: str) -> dict:
+        run = RunFolder(tmp_path / name)
+        run.start(builtin("lenet"), CPU, None)
+        return json.loads(run.config_path.read_text())
+
+    clean = started("clean")
+    assert clean["git_dirty"] is False and "git_diff" not in clean
+    for path in (package / "x.py", repo / "pyproject.toml", repo / "notes.txt"):
+        path.write_text("after\n")
+    dirty = started("dirty")
+    keys = list(dirty)
+    assert keys[keys.index("git_commit"):][:3] == ["git_commit", "git_dirty", "git_diff"]
+    assert dirty["git_commit"] == clean["git_commit"] and dirty["git_dirty"] is True
+    diff = dirty["git_diff"]
+    assert "src/cnnlab/x.py" in diff and "pyproject.toml" in diff and "+after" in diff
+    assert "notes.txt" not in diff
+
+    monkeypatch.setattr(cnnlab.runs, "PACKAGE_DIR", tmp_path / "clean")  # not a checkout
+    outside = started("outside")
+    assert outside["git_commit"] is None and outside["git_dirty"] is None
+    assert "git_diff" not in outside

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import traceback
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,19 +16,12 @@ import torch
 from cnnlab import __version__
 from cnnlab import recipe as recipes
 from cnnlab.cli_common import format_table, named_recipe, print_results
-from cnnlab.data import (
-    SHA256,
-    download,
-    ensure_data,
-    load_datasets,
-    load_split,
-    resolve_data_dir,
-    verify,
-)
+from cnnlab.data import SHA256, download, ensure_data, load_split, resolve_data_dir, verify
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
 from cnnlab.inference import Predictor, format_json, format_text, load_image
+from cnnlab.loggers import ConsoleLogger, Logger, TensorBoardLogger
 from cnnlab.models import count_macs, count_parameters, get_model, is_user_code, list_models
 from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
@@ -36,7 +30,7 @@ from cnnlab.sweep.cli import add_sweep_command, run_workers
 from cnnlab.sweep.definition import grid_spec, parse_int_list
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.sweeps import ensure_sweep
-from cnnlab.train import Logger, format_row, resume_recipe, train
+from cnnlab.train import resume_recipe, start_or_resume
 
 
 class Parser(argparse.ArgumentParser):
@@ -103,19 +97,9 @@ def user_code_of(recipe: Recipe, given: str | None) -> str | None:
     return recipe.model.name.rsplit(":", 1)[0]
 
 
-class ConsoleLogger(Logger):
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        print(format_row(row, self.epochs), flush=True)
-
-
 def make_loggers(args: argparse.Namespace, recipe: Recipe) -> list[Logger]:
     loggers: list[Logger] = [] if args.quiet else [ConsoleLogger(recipe.epochs)]
     if "tensorboard" in (args.log or []):
-        from cnnlab.loggers import TensorBoardLogger
-
         if args.log_every < 1:
             raise CnnlabError(f"--log-every must be >= 1 (got {args.log_every})")
         loggers.append(TensorBoardLogger(args.log_every))
@@ -151,11 +135,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_data(data_dir)
-    data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
-    rows = train(recipe, data, run, device, resume=bool(args.resume),
-                 progress=not args.quiet and sys.stderr.isatty(),
-                 loggers=make_loggers(args, recipe), model_code=code)
-    final = rows[-1]
+    metrics = start_or_resume(recipe, run, data_dir, device, resume=bool(args.resume),
+                              loggers=make_loggers(args, recipe), progress_bar=not args.quiet,
+                              model_code=code)
+    final = metrics[-1]
     print(f"{recipe.name}: final test accuracy {100 * final['test_acc']:.2f}% "
           f"(test loss {final['test_loss']:.4f}) after {final['epoch']} epochs on {device}; "
           f"run folder {run.path}")
@@ -302,39 +285,58 @@ def parse_list(text: str, valid: list[str], kind: str) -> list[str]:
 
 # --------------------------------------------------------------------------- parser
 
-def build_parser() -> Parser:
+@dataclass(frozen=True)
+class Parents:
+    """Option groups that several commands share (argparse parents)."""
+
+    common: Parser     # every command: device, data, threads, tracebacks
+    user_code: Parser  # loading a run that used a user's own network: its code named again
+    heartbeat: Parser  # workers on a database storage (sweep work, reproduce --workers)
+
+
+def shared_options() -> Parents:
     common = Parser(add_help=False)
     common.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (default auto)")
     common.add_argument("--data-dir", help="Fashion-MNIST folder "
                         "(default $CNNLAB_DATA, else ~/.cache/cnnlab/fashion-mnist)")
     common.add_argument("--threads", type=int, help="CPU threads for torch")
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-
-    # Loading a run that used a user's own network: the user names its code again.
     user_code = Parser(add_help=False)
     user_code.add_argument("--model-code", metavar="FILE.py|MODULE",
                            help="the code of your own network, when the run used one")
+    heartbeat = Parser(add_help=False)
+    heartbeat.add_argument("--heartbeat", type=int, default=20, metavar="S",
+                         help="database storage: a running trial's heartbeat every S seconds; "
+                         "one silent for 3×S is requeued (default %(default)s)")
+    return Parents(common, user_code, heartbeat)
 
-    parser = Parser(prog="cnnlab", description="Reproduce, and go beyond, a study of "
-                    "convolutional networks on Fashion-MNIST.")
-    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+Commands = argparse._SubParsersAction  # what add_subparsers returns: one parser per command
+
+
+def add_models(sub: Commands, parents: Parents) -> None:
     sub.add_parser("models", help="list the networks with parameters and MACs",
-                   parents=[common]).set_defaults(run=cmd_models)
-    sub.add_parser("presets", help="list the built-in recipes (the study's five first)",
-                   parents=[common]).set_defaults(run=cmd_presets)
+                   parents=[parents.common]).set_defaults(run=cmd_models)
 
+
+def add_presets(sub: Commands, parents: Parents) -> None:
+    sub.add_parser("presets", help="list the built-in recipes (the study's five first)",
+                   parents=[parents.common]).set_defaults(run=cmd_presets)
+
+
+def add_recipe(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("recipe", help="show a recipe as TOML, or list every recipe key")
     recipe_sub = p.add_subparsers(dest="recipe_command", required=True, metavar="ACTION")
     q = recipe_sub.add_parser("show", help="print a recipe, every key with its value",
-                              parents=[common])
+                              parents=[parents.common])
     q.add_argument("name", metavar="NAME|FILE", help="a built-in recipe or a .toml file")
     q.set_defaults(run=cmd_recipe_show)
     recipe_sub.add_parser("keys", help="every recipe key: type, default, valid values",
-                          parents=[common]).set_defaults(run=cmd_recipe_keys)
+                          parents=[parents.common]).set_defaults(run=cmd_recipe_keys)
 
-    p = sub.add_parser("train", help="train a recipe", parents=[common, user_code])
+
+def add_train(sub: Commands, parents: Parents) -> None:
+    p = sub.add_parser("train", help="train a recipe", parents=[parents.common, parents.user_code])
     p.add_argument("name", nargs="?", metavar="RECIPE", help="a built-in recipe "
                    "(`cnnlab presets`)")
     p.add_argument("--recipe", dest="recipe_file", metavar="FILE",
@@ -362,22 +364,28 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(run=cmd_train)
 
+
+def add_evaluate(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("evaluate", help="test loss and accuracy of a saved model",
-                       parents=[common, user_code])
+                       parents=[parents.common, parents.user_code])
     p.add_argument("checkpoint", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     p.add_argument("--batch-size", type=int, help="default 128 on CPU, 1000 on CUDA")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
     p.set_defaults(run=cmd_evaluate)
 
+
+def add_export(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("export", help="write a trained model as ONNX (uint8 images → logits)",
-                       parents=[common, user_code])
+                       parents=[parents.common, parents.user_code])
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     p.set_defaults(run=cmd_export)
 
+
+def add_serve(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page for a trained model",
-                       parents=[common, user_code])
+                       parents=[parents.common, parents.user_code])
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT|MODEL.onnx")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s, "
                    "this machine only)")
@@ -386,19 +394,19 @@ def build_parser() -> Parser:
                    help="auto: onnxruntime when installed (measured faster), else torch")
     p.set_defaults(run=cmd_serve)
 
+
+def add_download(sub: Commands, parents: Parents) -> None:
     sub.add_parser("download", help="fetch and verify Fashion-MNIST",
-                   parents=[common]).set_defaults(run=cmd_download)
+                   parents=[parents.common]).set_defaults(run=cmd_download)
 
-    # Workers on a database storage (sweep work, reproduce --workers).
-    heartbeat = Parser(add_help=False)
-    heartbeat.add_argument("--heartbeat", type=int, default=20, metavar="S",
-                         help="database storage: a running trial's heartbeat every S seconds; "
-                         "one silent for 3×S is requeued (default %(default)s)")
 
-    add_sweep_command(sub, common, user_code, heartbeat)
+def add_sweep(sub: Commands, parents: Parents) -> None:
+    add_sweep_command(sub, parents.common, parents.user_code, parents.heartbeat)
 
+
+def add_reproduce(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("reproduce", help="re-run the study and write its report",
-                       parents=[common, heartbeat])
+                       parents=[parents.common, parents.heartbeat])
     p.add_argument("--workers", type=int, metavar="K", help="run through the sweep engine "
                    "with K worker processes (needs cnnlab[sweep]); default: one run after "
                    "another in this process")
@@ -414,8 +422,10 @@ def build_parser() -> Parser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(run=cmd_reproduce)
 
+
+def add_bench(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("bench", help="train/eval speed against the study-style pipeline",
-                       parents=[common])
+                       parents=[parents.common])
     p.add_argument("--models", default="lenet,alexnet,custom,custom_nobn",
                    help="comma-separated models (default %(default)s)")
     p.add_argument("--steps", type=int, default=30,
@@ -425,8 +435,10 @@ def build_parser() -> Parser:
     p.add_argument("--json", metavar="FILE", help="also write the full result as JSON")
     p.set_defaults(run=cmd_bench)
 
+
+def add_report(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("report", help="write the study report from the run folders in DIR",
-                       parents=[common])
+                       parents=[parents.common])
     p.add_argument("dir", metavar="DIR", help="study folder holding runs/<recipe>-seed<k>/")
     p.add_argument("--collapse-runs", action="append", default=[], metavar="DIR",
                    help="a folder of more BatchNorm-ablation runs (e.g. a sweep's, "
@@ -436,8 +448,10 @@ def build_parser() -> Parser:
                    "the time-to-accuracy figure and table of section 5 (repeatable)")
     p.set_defaults(run=cmd_report)
 
+
+def add_predict(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",
-                       parents=[common, user_code])
+                       parents=[parents.common, parents.user_code])
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR|FILE",
                    help="a run folder (uses its last.pt) or a .pt file")
     p.add_argument("images", nargs="+", metavar="IMAGE")
@@ -448,6 +462,21 @@ def build_parser() -> Parser:
     p.add_argument("--top", type=int, default=3, metavar="K",
                    help="how many classes to show (default 3)")
     p.set_defaults(run=cmd_predict)
+
+
+# In the order `cnnlab --help` lists them.
+COMMANDS = (add_models, add_presets, add_recipe, add_train, add_evaluate, add_export, add_serve,
+            add_download, add_sweep, add_reproduce, add_bench, add_report, add_predict)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="cnnlab", description="Reproduce, and go beyond, a study of "
+                    "convolutional networks on Fashion-MNIST.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parents = shared_options()
+    for add in COMMANDS:
+        add(sub, parents)
     return parser
 
 

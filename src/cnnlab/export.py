@@ -1,4 +1,5 @@
-"""ONNX export, and ONNX models run by onnxruntime behind the same `Predictor` interface.
+"""ONNX export: a trained model written as an ONNX file (`inference.OnnxPredictor` runs
+one with onnxruntime).
 
 The exported graph takes what the data files hold, uint8 images (N, 28, 28) with a
 dynamic batch dimension, and returns logits (N, 10): scaling, normalization and the
@@ -15,7 +16,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -25,19 +25,10 @@ from cnnlab.augment import eval_batch
 from cnnlab.data import CLASSES, IMAGE_SIZE
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
-from cnnlab.inference import Predictor
+from cnnlab.inference import Predictor, require_onnx_package
 from cnnlab.models.registry import plain_path
-from cnnlab.recipe import parse_recipe
 
-INSTALL_HINT = "pip install 'cnnlab[export]'"
 DEFAULT_OPSET = 18
-
-
-def _require(module: str) -> Any:
-    try:
-        return __import__(module)
-    except ImportError:
-        raise CnnlabError(f"ONNX needs the {module} package: {INSTALL_HINT}") from None
 
 
 @contextmanager
@@ -76,7 +67,7 @@ def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
     if out.suffix != ".onnx":
         raise CnnlabError(f"--out {out}: name the file *.onnx")
     for package in ("onnx", "onnxscript"):
-        _require(package)
+        require_onnx_package(package)
     predictor = Predictor.load(source, torch.device("cpu"), model_code)
     model = predictor.model.to(memory_format=torch.contiguous_format).eval()
     graph = ImagesToLogits(model, predictor.flip)
@@ -103,49 +94,3 @@ def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(proto.SerializeToString()))
     return metadata
-
-
-class OnnxPredictor(Predictor):
-    """An exported model run by onnxruntime (CPU provider), with the same interface as a
-    PyTorch `Predictor`: logits, evaluate, predict."""
-
-    def __init__(self, session: Any, source: Path) -> None:
-        meta = session.get_modelmeta().custom_metadata_map
-        try:
-            recipe = parse_recipe(json.loads(meta["recipe"]), str(source))
-            accuracy = float(meta["test_accuracy"]) if meta.get("test_accuracy") else None
-            epoch = int(meta["epoch"])
-        except (KeyError, ValueError) as e:
-            raise CnnlabError(f"{source} is an ONNX model but not one cnnlab exported "
-                              f"(no {e} in its metadata); export it with `cnnlab export`") from e
-        super().__init__(None, recipe.evaluate.flip, recipe, epoch, accuracy)
-        self.session = session
-
-    @classmethod
-    def load_onnx(cls, source: Path) -> OnnxPredictor:
-        ort = _require("onnxruntime")
-        if not source.is_file():
-            raise CnnlabError(f"{source}: no such ONNX model")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        try:
-            session = ort.InferenceSession(str(source), options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own types for damaged files
-            raise CnnlabError(f"{source} is not a loadable ONNX model ({type(e).__name__}); "
-                              "export it again with `cnnlab export`") from e
-        return cls(session, source)
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
-
-    @property
-    def runtime(self) -> str:
-        return "onnxruntime"
-
-    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        chunks = images.cpu().split(batch_size or 1000)
-        return torch.cat([torch.from_numpy(self.session.run(["logits"],
-                                                            {"images": c.numpy()})[0])
-                          for c in chunks])

@@ -1,6 +1,6 @@
-"""Inference with a trained model: the `Predictor`, and your own pictures turned into
-what the network was trained on (a 28×28 grayscale image of a light object on a dark
-background, normalized like the training data).
+"""Inference with a trained model: the `Predictor` (PyTorch, or onnxruntime for an exported
+model), and your own pictures turned into what the network was trained on (a 28×28
+grayscale image of a light object on a dark background, normalized like the training data).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,9 @@ from cnnlab.data import CLASSES, IMAGE_SIZE, ImageSet
 from cnnlab.device import as_input, eval_batch_size, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.recipe import Recipe, from_record
+from cnnlab.recipe import Recipe, from_record, parse_recipe
+
+ONNX_INSTALL_HINT = "pip install 'cnnlab[export]'"
 
 
 @dataclass
@@ -139,8 +142,6 @@ class Predictor:
         average when it keeps one) or an exported .onnx model (run by onnxruntime)."""
         source = Path(source)
         if source.suffix == ".onnx":
-            from cnnlab.export import OnnxPredictor
-
             return OnnxPredictor.load_onnx(source)
         state = load_checkpoint(source)
         recipe = from_record(state, str(source))
@@ -209,6 +210,60 @@ class Predictor:
                 (CLASSES[i], p) for p, i in zip(values.tolist(), indices.tolist(),
                                                 strict=True)], seen))
         return results
+
+
+class OnnxPredictor(Predictor):
+    """An exported model run by onnxruntime (CPU provider), with the same interface as a
+    PyTorch `Predictor`: logits, evaluate, predict."""
+
+    def __init__(self, session: Any, source: Path) -> None:
+        meta = session.get_modelmeta().custom_metadata_map
+        try:
+            recipe = parse_recipe(json.loads(meta["recipe"]), str(source))
+            accuracy = float(meta["test_accuracy"]) if meta.get("test_accuracy") else None
+            epoch = int(meta["epoch"])
+        except (KeyError, ValueError) as e:
+            raise CnnlabError(f"{source} is an ONNX model but not one cnnlab exported "
+                              f"(no {e} in its metadata); export it with `cnnlab export`") from e
+        super().__init__(None, recipe.evaluate.flip, recipe, epoch, accuracy)
+        self.session = session
+
+    @classmethod
+    def load_onnx(cls, source: Path) -> OnnxPredictor:
+        ort = require_onnx_package("onnxruntime")
+        if not source.is_file():
+            raise CnnlabError(f"{source}: no such ONNX model")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        try:
+            session = ort.InferenceSession(str(source), options,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for damaged files
+            raise CnnlabError(f"{source} is not a loadable ONNX model ({type(e).__name__}); "
+                              "export it again with `cnnlab export`") from e
+        return cls(session, source)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def runtime(self) -> str:
+        return "onnxruntime"
+
+    def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        chunks = images.cpu().split(batch_size or 1000)
+        return torch.cat([torch.from_numpy(self.session.run(["logits"],
+                                                            {"images": c.numpy()})[0])
+                          for c in chunks])
+
+
+def require_onnx_package(module: str) -> Any:
+    """Import one of the optional ONNX packages, or say how to install them."""
+    try:
+        return __import__(module)
+    except ImportError:
+        raise CnnlabError(f"ONNX needs the {module} package: {ONNX_INSTALL_HINT}") from None
 
 
 def format_text(predictions: list[Prediction]) -> str:

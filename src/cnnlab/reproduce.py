@@ -10,19 +10,21 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data import ensure_data, load_datasets
+from cnnlab.data import ensure_data
 from cnnlab.device import as_input, prepare_model
+from cnnlab.loggers import Logger, format_epoch
 from cnnlab.models import create_model
 from cnnlab.parts import make_optimizer
 from cnnlab.recipe import Recipe, builtin
 from cnnlab.runs import RunFolder
-from cnnlab.train import Logger, resume_recipe, train
+from cnnlab.train import resumable_epochs, start_or_resume
 
 # --quick: the same pipeline on subsets and few epochs (a few minutes on 2 CPU cores).
 QUICK = {"epochs": 3, "limit_train": 6000, "limit_test": 2000}
@@ -90,22 +92,26 @@ class Progress:
                              for r in pending)
         self.priced = self.measured = 0.0
 
-    def epoch_finished(self, k: int, n: int, run: PlannedRun, row: dict[str, Any]) -> None:
+    def epoch_finished(self, label: str, run: PlannedRun, row: dict[str, Any]) -> None:
         self.remaining -= self.price[run.name]
         self.priced += self.price[run.name]
         self.measured += row["seconds"]
         eta = self.remaining * self.measured / self.priced
-        print(f"[run {k}/{n} {run.name}] epoch {row['epoch']}/{run.recipe.epochs}  "
-              f"test acc {100 * row['test_acc']:.2f}%  reproduction ETA "
-              f"{format_duration(eta)}", file=sys.stderr, flush=True)
+        say(label, f"{format_epoch(row, run.recipe.epochs, brief=True)}  "
+            f"reproduction ETA {format_duration(eta)}")
 
 
 class _ProgressLogger(Logger):
-    def __init__(self, progress: Progress, k: int, n: int, run: PlannedRun) -> None:
-        self.progress, self.k, self.n, self.run = progress, k, n, run
+    def __init__(self, progress: Progress, label: str, run: PlannedRun) -> None:
+        self.progress, self.label, self.run = progress, label, run
 
     def log_epoch(self, row: dict[str, Any]) -> None:
-        self.progress.epoch_finished(self.k, self.n, self.run, row)
+        self.progress.epoch_finished(self.label, self.run, row)
+
+
+def say(label: str, text: str) -> None:
+    """A progress line on stderr: the run's label, then `text`."""
+    print(f"{label} {text}", file=sys.stderr, flush=True)
 
 
 def format_duration(seconds: float) -> str:
@@ -122,18 +128,11 @@ def reproduce(names: list[str], seeds: list[int], out_dir: Path, data_dir: Path,
     ensure_data(data_dir)
     progress = Progress(runs, device)
     for k, planned in enumerate(runs, 1):
-        done = planned.run.epochs_done()
-        if done:
-            # Refuses, naming the differences, when the folder holds other settings.
-            resume_recipe(planned.run, planned.recipe.to_dict())
+        label = f"[run {k}/{len(runs)} {planned.name}]"
+        done = resumable_epochs(planned.run, planned.recipe)
         if done >= planned.recipe.epochs:
-            print(f"[run {k}/{len(runs)} {planned.name}] finished earlier, skipped",
-                  file=sys.stderr)
+            say(label, "finished earlier, skipped")
             continue
-        verb = f"resuming after epoch {done}" if done else "starting"
-        print(f"[run {k}/{len(runs)} {planned.name}] {verb}", file=sys.stderr, flush=True)
-        recipe = planned.recipe
-        data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
-        loggers = [_ProgressLogger(progress, k, len(runs), planned)]
-        train(recipe, data, planned.run, device, resume=done > 0,
-              progress=not quiet and sys.stderr.isatty(), loggers=loggers)
+        start_or_resume(planned.recipe, planned.run, data_dir, device, resume=done > 0,
+                        loggers=[_ProgressLogger(progress, label, planned)],
+                        progress_bar=not quiet, say=partial(say, label))

@@ -2,7 +2,7 @@
 
 | file | what |
 | --- | --- |
-| config.json | the resolved recipe and where and how it ran |
+| config.json | the resolved recipe and where and how it ran (the code: git commit and diff) |
 | metrics.csv | one row per finished epoch |
 | last.pt | the checkpoint after the last finished epoch |
 | predictions.csv | that epoch's reported model on each test image: true and predicted class |
@@ -52,21 +52,50 @@ def command_line() -> str:
     return "cnnlab " + shlex.join(sys.argv[1:])
 
 
-def git_commit() -> str | None:
-    """The commit of the cnnlab source in use, when it runs from a git checkout."""
+PACKAGE_DIR = Path(__file__).parent
+# What `git diff` records of a dirty checkout: the package's source and its dependencies.
+CODE_PATHS = (".", ":(top)pyproject.toml")
+
+
+def _git(*args: str) -> str | None:
+    """The output of a git command run in the package's folder; None outside a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *args], cwd=PACKAGE_DIR, capture_output=True, text=True,
+                             errors="replace", timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout if out.returncode == 0 else None
 
 
-def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+def git_commit() -> str | None:
+    """The commit of the cnnlab source in use, when it runs from a git checkout."""
+    return (_git("rev-parse", "HEAD") or "").strip() or None
+
+
+def git_diff() -> str | None:
+    """How the package's tracked source and pyproject.toml differ from the commit ("" when
+    they do not), so that a run records the code that produced it; None outside a checkout.
+    """
+    return _git("diff", "--no-color", "--no-ext-diff", "HEAD", "--", *CODE_PATHS)
+
+
+def git_record() -> dict[str, Any]:
+    """config.json's git fields: the commit, whether the code differs from it (None outside
+    a checkout) and, when it does, the diff."""
+    commit = git_commit()
+    diff = git_diff() if commit else None
+    record: dict[str, Any] = {"git_commit": commit,
+                              "git_dirty": None if diff is None else bool(diff)}
+    if diff:
+        record["git_diff"] = diff
+    return record
+
+
+def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRICS_HEADER, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: row.get(k) for k in METRICS_HEADER} for row in rows)
+    writer.writerows({k: row.get(k) for k in METRICS_HEADER} for row in metrics)
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -142,21 +171,20 @@ class RunFolder:
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cnnlab": __version__,
-            "git_commit": git_commit(),
+            **git_record(),
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": command_line(),
         }
         atomic_write_text(self.config_path, json.dumps(info, indent=2) + "\n")
         write_metrics(self.metrics_path, [])
 
-    def info(self) -> dict[str, Any]:
-        """config.json as saved."""
-        if not self.checkpoint.is_file() or not self.config_path.is_file():
+    def info(self, *, require_checkpoint: bool) -> dict[str, Any]:
+        """config.json as saved. Resuming or loading a run needs its last.pt beside it
+        (`require_checkpoint`); reading a run's record, as a report does, does not."""
+        if require_checkpoint and (not self.checkpoint.is_file()
+                                   or not self.config_path.is_file()):
             raise CnnlabError(f"{self.path} is not a cnnlab run folder (needs config.json and "
                               "last.pt); give the folder a training run wrote")
-        return self.read_info()
-
-    def read_info(self) -> dict[str, Any]:
         try:
             info = json.loads(self.config_path.read_text())
             if not isinstance(info, dict) or ("recipe" not in info and "config" not in info):
@@ -166,11 +194,12 @@ class RunFolder:
             raise CnnlabError(f"{self.config_path}: unreadable ({e}); the run folder is "
                               "damaged") from e
 
-    def rows(self) -> list[dict[str, Any]]:
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """metrics.csv: one row per finished epoch."""
         return read_metrics(self.metrics_path)
 
-    def write_rows(self, rows: list[dict[str, Any]]) -> None:
-        write_metrics(self.metrics_path, rows)
+    def write_metrics(self, metrics: list[dict[str, Any]]) -> None:
+        write_metrics(self.metrics_path, metrics)
 
     def write_predictions(self, labels: torch.Tensor, predicted: torch.Tensor) -> None:
         """Kept beside metrics.csv so a report's confusion matrices and misclassified
@@ -196,7 +225,7 @@ class RunFolder:
         return labels, predicted
 
     def epochs_done(self) -> int:
-        return len(self.rows()) if self.checkpoint.is_file() else 0
+        return len(self.read_metrics()) if self.checkpoint.is_file() else 0
 
 
 @dataclass
@@ -238,8 +267,8 @@ class Run:
 def read_run(path: Path) -> Run:
     """Parse one run folder; a damaged file is an error, never a silently wrong number."""
     folder = RunFolder(path)
-    info = folder.read_info()
-    return Run(path, info, from_record(info, str(folder.config_path)), folder.rows())
+    info = folder.info(require_checkpoint=False)
+    return Run(path, info, from_record(info, str(folder.config_path)), folder.read_metrics())
 
 
 def _recipe_order(name: str) -> tuple[int, str]:

@@ -1,5 +1,6 @@
 """The loop: one epoch with per-step hooks, evaluation, and a whole run with checkpoints and
-complete resume.
+complete resume; `start_or_resume` is how every command (train, reproduce, the sweep worker)
+begins or continues a run.
 
 Randomness is a function of (seed, epoch): the model is initialised from `seed`, and each
 epoch reseeds the data order, the augmentation draws and dropout from (seed, epoch). A run
@@ -16,9 +17,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,31 +28,15 @@ from tqdm import tqdm
 
 from cnnlab.augment import Draws, augment_batch, eval_batch
 from cnnlab.checkpoint import load_checkpoint, save_checkpoint
-from cnnlab.data import Datasets, ImageSet
+from cnnlab.data import Datasets, ImageSet, load_datasets
 from cnnlab.device import as_input, autocast, check_precision, prepare_model
 from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.inference import Predictor
+from cnnlab.loggers import Logger
 from cnnlab.models import create_model, fit_to_data
 from cnnlab.parts import Parts, build_parts, loss_fn
 from cnnlab.recipe import Recipe, changed_settings, from_record
 from cnnlab.runs import RunFolder
-
-
-class Logger:
-    """Receives a run's progress; `metrics.csv` is always written by the run folder, these
-    add other views (the console, TensorBoard, a progress line)."""
-
-    def start(self, run: RunFolder, step: int) -> None:
-        """Called before the first epoch (of this session), with the global step."""
-
-    def log_step(self, step: int, values: dict[str, float]) -> None:
-        """After each optimizer step: step counts from 1 over the whole run."""
-
-    def log_epoch(self, row: dict[str, Any]) -> None:
-        """After each finished and saved epoch."""
-
-    def close(self) -> None:
-        """When training ends, however it ends."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -119,9 +105,13 @@ class _NonFiniteLoss(Exception):
 
 def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest | None = None,
                     show_progress: bool = False, loggers: Sequence[Logger] = (),
-                    first_step: int = 0) -> EpochStats:
+                    first_step: int = 0, max_steps: int | None = None) -> EpochStats:
     """One pass over `data` in a seeded random order; the last partial batch is kept.
-    After every optimizer step the recipe's per-step parts run (schedule, weight average)."""
+    After every optimizer step the recipe's per-step parts run (schedule, weight average).
+    `max_steps` ends the epoch early, after that many steps (studies of the first steps);
+    the stats are those of the steps done."""
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 (got {max_steps})")
     recipe, model, optimizer = parts.recipe, parts.model, parts.optimizer
     criterion = loss_fn(recipe)
     model.train()
@@ -134,7 +124,7 @@ def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest 
     start = time.perf_counter()
     bar = tqdm(batches, desc=f"epoch {epoch}/{recipe.epochs}", unit="batch", leave=False,
                disable=not show_progress, file=sys.stderr,
-               total=math.ceil(len(data) / recipe.batch_size))
+               total=min(math.ceil(len(data) / recipe.batch_size), max_steps or math.inf))
     for step, (x, labels) in enumerate(bar, 1):
         if stop is not None and stop.signum is not None:
             raise _StopAtStep(step)
@@ -157,6 +147,8 @@ def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest 
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if step == max_steps:
+            break
     bar.close()
     return EpochStats(loss_sum / seen, correct / seen, time.perf_counter() - start)
 
@@ -200,7 +192,8 @@ def steps_per_epoch(recipe: Recipe, data: Datasets) -> int:
 def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, *,
           resume: bool = False, progress: bool = False, loggers: Sequence[Logger] = (),
           model_code: str | None = None) -> list[dict[str, Any]]:
-    """Train `recipe` on `data` into `run` (or continue it there); return the metrics rows.
+    """Train `recipe` on `data` into `run` (or continue it there); return its metrics, one
+    row per epoch.
 
     `model_code` is the source of a user's network (`recipe.model.name` of the form
     FILE.py:FACTORY) that the caller permits importing; built-in networks need none.
@@ -215,42 +208,42 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
         if not resume:  # a resumed run has them in its checkpoint
             fit_to_data(model, eval_batch(data.train.images[:FIT_IMAGES]))
         parts = build_parts(recipe, model, device, per_epoch)
-        rows: list[dict[str, Any]] = []
+        metrics: list[dict[str, Any]] = []
         if resume:
             state = load_checkpoint(run.checkpoint)
             parts.load_state_dict(state)
-            rows = state["metrics"]
+            metrics = state["metrics"]
             # The checkpoint is the record: a crash between saving it and metrics.csv is mended.
-            run.write_rows(rows)
+            run.write_metrics(metrics)
         else:
             run.start(recipe, device, model_code)
         for logger in loggers:
-            logger.start(run, len(rows) * per_epoch)
+            logger.start(run, len(metrics) * per_epoch)
         try:
             with stop_on_signals() as stop:
-                for epoch in range(len(rows) + 1, recipe.epochs + 1):
-                    row, predicted = _epoch(parts, data, run, epoch, rows, stop, progress,
-                                            loggers, per_epoch)
-                    rows.append(row)
+                for epoch in range(len(metrics) + 1, recipe.epochs + 1):
+                    row, predicted = _epoch(parts, data, run, epoch, stop, progress, loggers,
+                                            per_epoch)
+                    metrics.append(row)
                     run.write_predictions(data.test.labels, predicted)
-                    save_checkpoint(run.checkpoint, parts.state_dict(), epoch, recipe, rows)
-                    run.write_rows(rows)
+                    save_checkpoint(run.checkpoint, parts.state_dict(), epoch, recipe, metrics)
+                    run.write_metrics(metrics)
                     for logger in loggers:
-                        logger.log_epoch(rows[-1])
+                        logger.log_epoch(row)
         finally:
             for logger in loggers:
                 logger.close()
-            if rows:
+            if metrics:
                 # Imported here: matplotlib would slow every command that imports training.
                 from cnnlab.report.figures import write_run_figures
 
-                write_run_figures(run.path, rows, recipe.name)
-    return rows
+                write_run_figures(run.path, metrics, recipe.name)
+    return metrics
 
 
-def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int,
-           rows: list[dict[str, Any]], stop: StopRequest, progress: bool,
-           loggers: Sequence[Logger], per_epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
+def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int, stop: StopRequest,
+           progress: bool, loggers: Sequence[Logger],
+           per_epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
     """Train one epoch, evaluate the recipe's reported weights, step the per-epoch parts;
     return the metrics row and the test-set predictions."""
     start = time.perf_counter()
@@ -260,13 +253,13 @@ def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int,
                                 (epoch - 1) * per_epoch)
     except _StopAtStep as e:
         name = signal.Signals(stop.signum).name
-        note = checkpoint_note(run, len(rows))
+        note = checkpoint_note(run, epoch - 1)
         raise Interrupted(f"{name}: stopped at epoch {epoch} step {e.step}; {note}",
                           stop.signum) from None
     except _NonFiniteLoss as e:
         raise CnnlabError(
             f"loss became {e.value} at epoch {epoch} step {e.step}; training stopped, "
-            f"{checkpoint_note(run, len(rows), resume_hint=False)}; try a lower --lr"
+            f"{checkpoint_note(run, epoch - 1, resume_hint=False)}; try a lower --lr"
         ) from None
     evaluator = Predictor(parts.evaluated, parts.recipe.evaluate.flip)
     test_loss, test_acc, predicted = evaluator.evaluate_predicted(data.test)
@@ -286,18 +279,9 @@ def checkpoint_note(run: RunFolder, epochs_done: int, resume_hint: bool = True) 
     return note + (f"; continue with `cnnlab train --resume {run.path}`" if resume_hint else "")
 
 
-def format_row(row: dict[str, Any], epochs: int) -> str:
-    val = (f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.2f}%  "
-           if row.get("val_acc") is not None else "")
-    return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} "
-            f"acc {100 * row['train_acc']:5.2f}%  {val}test loss {row['test_loss']:.4f} "
-            f"acc {100 * row['test_acc']:5.2f}%  lr {row['lr']:.2g}  "
-            f"{row['seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
-
-
 def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
     """The saved run's recipe; settings given again must agree with it (says which not)."""
-    saved = from_record(run.info(), str(run.config_path))
+    saved = from_record(run.info(require_checkpoint=True), str(run.config_path))
     asked = saved.with_overrides(overrides, "given")
     differ = [f"{k} (saved {before!r}, given {after!r})"
               for k, (before, after) in changed_settings(asked, saved).items()]
@@ -305,3 +289,31 @@ def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
         raise CnnlabError(f"cannot resume {run.path}: options disagree with the saved run: "
                           f"{'; '.join(differ)}; drop them or start a new run with --out")
     return saved
+
+
+def resumable_epochs(run: RunFolder, recipe: Recipe) -> int:
+    """How many epochs of `recipe` the run folder already holds (0 without a checkpoint);
+    a folder holding other settings is refused, naming them."""
+    done = run.epochs_done()
+    if done:
+        resume_recipe(run, recipe.to_dict())
+    return done
+
+
+def start_or_resume(recipe: Recipe, run: RunFolder, data_dir: Path, device: torch.device, *,
+                    resume: bool, loggers: Sequence[Logger] = (), progress_bar: bool = False,
+                    model_code: str | None = None,
+                    say: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Load the recipe's data from `data_dir` (present: `ensure_data`) and train `recipe`
+    into `run`, from the start or, with `resume`, on from its checkpoint; return its metrics.
+
+    `say`, when given, first hears "starting" or "resuming after epoch K"; `progress_bar`
+    shows one on stderr when that is a terminal. The one way every command starts a run.
+    """
+    if say is not None:
+        done = run.epochs_done() if resume else 0
+        say(f"resuming after epoch {done}" if done else "starting")
+    data = load_datasets(data_dir, recipe.split.val, recipe.limit_train, recipe.limit_test)
+    return train(recipe, data, run, device, resume=resume,
+                 progress=progress_bar and sys.stderr.isatty(), loggers=loggers,
+                 model_code=model_code)

@@ -21,7 +21,7 @@ def trial_rows(optuna_study: Study, sweep_dir: Path) -> list[dict[str, Any]]:
     for t in engine.trials(optuna_study):
         run = t.user_attrs.get("run")
         folder = RunFolder(sweep_dir / "runs" / run) if run else None
-        epochs = len(folder.rows()) if folder and folder.metrics_path.is_file() else 0
+        epochs = len(folder.read_metrics()) if folder and folder.metrics_path.is_file() else 0
         # A requeued trial inherits its dead worker's attrs; only a taken one has a worker.
         taken = t.state.name != "WAITING"
         worker = (taken and t.user_attrs.get("worker")) or [None, None]

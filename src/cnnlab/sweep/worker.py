@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cnnlab.data import ensure_data, load_datasets
+from cnnlab.data import ensure_data
 from cnnlab.errors import CnnlabError, Interrupted
+from cnnlab.loggers import Logger, format_epoch
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder
 from cnnlab.sweep import engine
 from cnnlab.sweep.definition import SweepSpec
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.sweeps import load_sweep
-from cnnlab.train import Logger, resume_recipe, train
+from cnnlab.train import resumable_epochs, start_or_resume
 
 if TYPE_CHECKING:
     from cnnlab.sweep.engine import Study, Trial
@@ -182,8 +183,8 @@ class Worker:
         recipe = self.spec.recipe(values)
         name = trial.user_attrs.get("run") or self.spec.run_name(trial, values, recipe)
         trial.set_user_attr("run", name)
-        rows = self.start_or_resume_run(trial, name, recipe)
-        value = rows[-1][self.spec.metric]
+        metrics = self.start_or_resume_run(trial, name, recipe)
+        value = metrics[-1][self.spec.metric]
         if value is None or not math.isfinite(value):
             raise CnnlabError(f"{name} gave no {self.spec.metric}")
         return value
@@ -192,37 +193,30 @@ class Worker:
                             ) -> list[dict[str, Any]]:
         """Train the trial's run folder to its last epoch: start it, resume it from its
         checkpoint (the folder must hold this very recipe), or take a finished one as it is;
-        returns its metrics rows."""
+        returns its metrics."""
         run = RunFolder(self.sweep_dir / "runs" / name)
-        done = run.epochs_done()
-        if done:
-            resume_recipe(run, recipe.to_dict())  # the folder must hold this very recipe
-        else:
+        label = f"trial {trial.number} {name}"
+        done = resumable_epochs(run, recipe)
+        if not done:
             run.claim(overwrite=True)  # a start that never finished an epoch
         if done >= recipe.epochs:
-            self.say(f"trial {trial.number} {name}: finished earlier")
-            return run.rows()
-        verb = f"resuming after epoch {done}" if done else "starting"
-        self.say(f"trial {trial.number} {name}: {verb}")
-        data = load_datasets(self.data_dir, recipe.split.val, recipe.limit_train,
-                             recipe.limit_test)
-        return train(recipe, data, run, self.device, resume=done > 0,
-                     loggers=[TrialLogger(self, trial, name, recipe.epochs)],
-                     model_code=self.model_code)
+            self.say(f"{label}: finished earlier")
+            return run.read_metrics()
+        return start_or_resume(recipe, run, self.data_dir, self.device, resume=done > 0,
+                               loggers=[TrialLogger(self, trial, label, recipe.epochs)],
+                               model_code=self.model_code,
+                               say=lambda text: self.say(f"{label}: {text}"))
 
 
 class TrialLogger(Logger):
     """Reports each epoch to the sweep (for pruning) and prints one line."""
 
-    def __init__(self, worker: Worker, trial: Trial, name: str, epochs: int) -> None:
-        self.worker, self.trial, self.name, self.epochs = worker, trial, name, epochs
+    def __init__(self, worker: Worker, trial: Trial, label: str, epochs: int) -> None:
+        self.worker, self.trial, self.label, self.epochs = worker, trial, label, epochs
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         spec = self.worker.spec
-        val = (f"  val acc {100 * row['val_acc']:.2f}%" if row.get("val_acc") is not None
-               else "")
-        self.worker.say(f"trial {self.trial.number} {self.name} epoch {row['epoch']}/"
-                        f"{self.epochs}{val}  test acc {100 * row['test_acc']:.2f}%  "
+        self.worker.say(f"{self.label} {format_epoch(row, self.epochs, brief=True)}  "
                         f"{row['seconds']:.1f}s")
         if spec.kind == "search":
             self.trial.report(row[spec.objective], row["epoch"])
