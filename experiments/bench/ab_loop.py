@@ -10,6 +10,7 @@ them by hand (load_cnnlab): the old package first, keeping its functions, then e
 from cnnlab or experiments, so it does not depend on which cnnlab is installed.
 """
 
+import argparse
 import importlib
 import importlib.util
 import statistics
@@ -36,8 +37,14 @@ def load_cnnlab(src: str) -> ModuleType:
 
 
 def main() -> None:
-    old_src, new_src, data_dir, name, images, repeats = sys.argv[1:7]
-    images, repeats = int(images), int(repeats)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    for arg in ("old_src", "new_src", "data_dir", "model"):
+        parser.add_argument(arg)
+    parser.add_argument("images", type=int)
+    parser.add_argument("repeats", type=int)
+    args = parser.parse_args()
+    old_src, new_src, data_dir = args.old_src, args.new_src, args.data_dir
+    name, images, repeats = args.model, args.images, args.repeats
     cpu = torch.device("cpu")
 
     load_cnnlab(old_src)

@@ -7,6 +7,7 @@ The models are trained briefly here (accuracy does not change serving speed); ev
 is checked against the class cnnlab's own Predictor gives for the same image.
 """
 
+import argparse
 import io
 import json
 import socket
@@ -71,9 +72,13 @@ def measure(source: Path, data_dir: Path, bodies: list[bytes], expected: list[in
 
 
 def main() -> None:
-    data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data_dir", type=Path, help="the Fashion-MNIST folder")
+    parser.add_argument("out", help="the JSON file to write")
+    args = parser.parse_args()
+    data_dir, out = args.data_dir, Path(args.out)
     # The data folder differs from machine to machine; the record names it DATA_DIR.
-    command = made_by(__spec__.name, "DATA_DIR", sys.argv[2])
+    command = made_by(__spec__.name, "DATA_DIR", args.out)
     test = load_split(data_dir, "test").head(500)
     bodies = png_bodies(test.images)
     results = {"made_by": command, "machine": machine_name(torch.device("cpu")),

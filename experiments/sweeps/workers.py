@@ -8,6 +8,7 @@ its sweeps to results/sweeps/workers/optuna.journal and its runs to
 results/sweeps/workers/runs/.
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -32,6 +33,8 @@ ROUNDS = 2
 
 def main() -> None:
     command = made_by(__spec__.name, *sys.argv[1:])
+    # No options; parsing still answers --help before anything is deleted.
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()
     shutil.rmtree(ROOT, ignore_errors=True)
     Path(STORAGE).unlink(missing_ok=True)
     results = []
