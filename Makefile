@@ -29,5 +29,5 @@ browser:
 	   apt-get install -y -qq chromium chromium-driver >/dev/null)
 
 test: setup browser
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests experiments
 	$(BIN)/pytest -q

@@ -20,8 +20,9 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
-from cnnlab.serve import MAX_BODY_BYTES, create_app, load_test
+from cnnlab.serve import MAX_BODY_BYTES, create_app
 from conftest import study_recipe, train_recipe
+from experiments.serve.loadtest import load_test
 
 
 @pytest.fixture(scope="module")

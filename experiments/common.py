@@ -1,42 +1,71 @@
-"""How often custom_nobn (lr 0.003) collapses on cnnlab's path and with each part of that
-path switched to the study's way: one sweep per path, then the table.
+"""What more than one experiment uses: where results go, the command line a result records,
+running `cnnlab`, the collapse study's computation paths with its table and figure, and a
+few steps of custom_nobn through cnnlab's own loop with a count of its dead ReLUs.
 
-Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
-
-    python results/fidelity/collapse.py create          # the six sweeps, 24 seeds each
-    python results/fidelity/collapse.py work            # `cnnlab sweep work` on each in turn
-    python results/fidelity/collapse.py table           # NOBN-COLLAPSE.md's table and figure
-
-`work` can be stopped and run again (on this or other machines sharing the journal):
-finished trials stay done and interrupted ones continue from their checkpoints. Each trial is
-the study's recipe for its first 2 epochs; a run counts as collapsed when its final test
-accuracy is within 5 points of chance (the report's rule). The table tests every path
-against all-off (the difference of the rates with its 95 % interval, and Fisher's exact
-test) and, where two paths differ only in rounding, the
-seeds they share pair by pair (McNemar's exact test).
+These stay out of the package: only these scripts use them, and they measure the study's
+custom_nobn rather than anything a user trains.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import torch
 from matplotlib.figure import Figure
+from torch import nn
 
+from cnnlab.augment import eval_batch
+from cnnlab.data import ImageSet
+from cnnlab.device import as_input, prepare_model
+from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
-from cnnlab.report import Run, did_not_learn, read_run
+from cnnlab.loggers import Logger
+from cnnlab.models import create_model
+from cnnlab.parts import build_parts
+from cnnlab.recipe import builtin
+from cnnlab.runs import Run, read_run
 from cnnlab.stats import fisher_exact, mcnemar_exact, newcombe_interval, wilson_interval
+from cnnlab.sweep.definition import parse_int_list
+from cnnlab.train import train_one_epoch
 
-HERE = Path(__file__).parent
-FIGURE = HERE / "collapse-rates.png"
-STORAGE = str(HERE / "optuna.journal")
-SEEDS = 24
-GRID = f"recipe=custom_nobn seed=0..{SEEDS - 1}"
-EPOCHS = 2
-# The sweep of each path and its settings: cnnlab's fast path, each part switched off in
-# turn, and all of them at once (the study's own way of computing the same network).
+# results/<topic>/ holds what the scripts of experiments/<topic>/ wrote.
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+FIDELITY = RESULTS / "fidelity"
+
+
+def made_by(module: str, *args: str) -> str:
+    """The command, run from the repository root, that a result file records as its maker."""
+    return shlex.join(["python", "-m", module, *args])
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type for "3", "0,1,2" or "0..9": cnnlab's one range parser."""
+    try:
+        return parse_int_list(text)
+    except CnnlabError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run_cnnlab(*args: str, quiet: bool = False) -> None:
+    """`cnnlab ARGS` in a child process with this interpreter; a failure stops the script."""
+    subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], check=True,
+                   stderr=subprocess.DEVNULL if quiet else None)
+
+
+# ------------------------------------------------------------ the collapse study's paths
+
+SWEEP_SEEDS = 24
+SWEEP_EPOCHS = 2
+# Each computation path of custom_nobn (lr 0.003) as `--set` settings: cnnlab's fast path,
+# each of its parts switched to the study's way in turn, and all of them at once (the
+# study's own way of computing the same network).
 PATHS: dict[str, list[str]] = {
     "cnnlab": [],
     "fused-stem-off": ["model.args.fused_stem=false"],
@@ -51,46 +80,24 @@ PAIRED = {"fused-stem-off": "cnnlab", "plain-adam": "cnnlab", "nchw": "cnnlab",
           "all-off": "per-image"}
 
 
-def cnnlab(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "cnnlab.cli", *args], check=True)
-
-
-def create(paths: list[str]) -> None:
-    for path in paths:
-        sets = [arg for s in [f"epochs={EPOCHS}", *PATHS[path]] for arg in ("--set", s)]
-        cnnlab("sweep", "create", f"nobn-{path}", "--storage", STORAGE, "--grid", GRID, *sets)
-
-
-def work(paths: list[str], workers: int) -> None:
-    for path in paths:
-        cnnlab("sweep", "work", f"nobn-{path}", "--storage", STORAGE, "--runs-root", str(HERE),
-               "--workers", str(workers))
-
-
 def finished_runs() -> dict[str, dict[int, Run]]:
-    """Per path with finished runs: each finished seed's run."""
+    """Per path with finished sweep runs: each finished seed's run."""
     result = {}
     for path in PATHS:
         # metrics.csv is written after config.json, so a run that has it has both; a
         # damaged file stops the table (read_run).
-        folders = sorted((HERE / f"nobn-{path}" / "runs").glob("*/metrics.csv"))
+        folders = sorted((FIDELITY / f"nobn-{path}" / "runs").glob("*/metrics.csv"))
         runs = [run for run in (read_run(f.parent) for f in folders) if run.complete]
         if runs:
             result[path] = {r.recipe.seed: r for r in sorted(runs, key=lambda r: r.recipe.seed)}
     return result
 
 
-def outcomes() -> dict[str, dict[int, bool]]:
-    """Per path with finished runs: each finished seed and whether it collapsed."""
-    return {path: {seed: did_not_learn(run) for seed, run in runs.items()}
-            for path, runs in finished_runs().items()}
-
-
 def collapsed(seeds: dict[int, bool]) -> list[int]:
     return [seed for seed, fell in seeds.items() if fell]
 
 
-def table(results: dict[str, dict[int, bool]]) -> str:
+def rate_table(results: dict[str, dict[int, bool]]) -> str:
     """Rates with intervals, Fisher's test against all-off, and for the paths that change
     only rounding, McNemar's test over the seeds they share with the path they pair with."""
     lines = ["| path | settings | runs | collapsed | rate | 95% Wilson interval | "
@@ -121,15 +128,14 @@ def table(results: dict[str, dict[int, bool]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(results: dict[str, dict[int, bool]], out: Path = FIGURE,
-           outcome: str = f"runs collapsed to chance within {EPOCHS} epochs") -> None:
+def rate_figure(results: dict[str, dict[int, bool]], out: Path, outcome: str) -> None:
     """Left: each path's collapse rate with its 95 % Wilson interval. Right: every seed on
     every path, so the paired paths can be compared seed by seed."""
     seeds = 1 + max(max(by_seed) for by_seed in results.values())
     fig = Figure(figsize=(12, 0.9 + 0.45 * len(results)), layout="constrained")
     rates, grid = fig.subplots(1, 2, width_ratios=(1, 1.4), sharey=True)
     rows = list(reversed(results))
-    marker = 60 * min(1.0, SEEDS / seeds)
+    marker = 60 * min(1.0, SWEEP_SEEDS / seeds)
     for row, path in enumerate(rows):
         k, n = len(collapsed(results[path])), len(results[path])
         rate = 100 * k / n
@@ -147,7 +153,7 @@ def figure(results: dict[str, dict[int, bool]], out: Path = FIGURE,
     rates.set_xlabel(f"{outcome} (%), 95% Wilson interval")
     rates.set_title("custom_nobn (lr 0.003): collapse rate per path")
     rates.grid(axis="x", alpha=0.3)
-    ticks = range(0, seeds, 1 if seeds <= SEEDS else 10)
+    ticks = range(0, seeds, 1 if seeds <= SWEEP_SEEDS else 10)
     grid.set_xticks(ticks, [str(s) for s in ticks], fontsize=7)
     grid.set_xlim(-0.7, seeds - 0.3)
     grid.set_xlabel("seed (red: collapsed, green: learned, blank: not run yet)")
@@ -155,26 +161,35 @@ def figure(results: dict[str, dict[int, bool]], out: Path = FIGURE,
     atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=120))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=("create", "work", "table"))
-    parser.add_argument("--paths", default=",".join(PATHS),
-                        help="comma-separated paths (default: all six)")
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    paths = args.paths.split(",")
-    if unknown := set(paths) - set(PATHS):
-        parser.error(f"unknown path(s) {', '.join(sorted(unknown))}; choose from "
-                     f"{', '.join(PATHS)}")
-    if args.action == "create":
-        create(paths)
-    elif args.action == "work":
-        work(paths, args.workers)
-    else:
-        results = outcomes()
-        print(table(results), end="")
-        figure(results)
+# ------------------------------------------------------- custom_nobn's first steps
+
+PROBE = 512  # test images on which a ReLU unit that never fires counts as dead
+R = TypeVar("R", bound=Logger)
 
 
-if __name__ == "__main__":
-    main()
+def train_first_steps(overrides: dict[str, object], seed: int, data: ImageSet, steps: int,
+                      recorder: Callable[[nn.Module], R]) -> tuple[nn.Module, R]:
+    """custom_nobn with `overrides` through cnnlab's own loop for its first `steps`
+    optimizer steps, logging to `recorder(model)`; the global RNG is left as it was."""
+    recipe = builtin("custom_nobn").with_overrides({**overrides, "seed": seed})
+    with torch.random.fork_rng():
+        torch.manual_seed(recipe.seed)
+        model = prepare_model(create_model(recipe.model.name, recipe.model.args),
+                              torch.device("cpu"), recipe.model.memory_format)
+        parts = build_parts(recipe, model, torch.device("cpu"), math.ceil(len(data) / 64))
+        logger = recorder(model)
+        train_one_epoch(parts, data, 1, loggers=[logger], max_steps=steps)
+    return model, logger
+
+
+def dead_relus(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Fraction of units (channel × position) of each ReLU that are zero on every image."""
+    fired: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: fired.__setitem__(
+        name, (out > 0).any(0))) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    model.eval()
+    with torch.no_grad():
+        model(as_input(eval_batch(images), model))
+    for hook in hooks:
+        hook.remove()
+    return {name: 1 - f.float().mean().item() for name, f in fired.items()}

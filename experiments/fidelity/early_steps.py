@@ -3,59 +3,62 @@ a cheap early reading of the 2-epoch sweeps' outcome.
 
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
-    python results/fidelity/early_steps.py --paths cnnlab --seeds 0..99 --steps 100
-    python results/fidelity/early_steps.py --table      # the table, against the sweeps
+    python -m experiments.fidelity.early_steps --paths cnnlab --seeds 0..99 --steps 100
+    python -m experiments.fidelity.early_steps --table    # the table, against the sweeps
 
---table prints collapse.py's table for these readings (Fisher's test against all-off,
+--table prints the collapse study's table for these readings (Fisher's test against all-off,
 McNemar's for the paths that differ only in rounding), then how often each path's reading
-agrees with its 2-epoch sweep, and draws early-collapse-rates.png.
+agrees with its 2-epoch sweep, and draws results/fidelity/early-collapse-rates.png.
 
-Each run goes through cnnlab's own loop (`train_one_epoch`) with the path's settings from
-collapse.py and stops after --steps optimizer steps; it records every step's training loss
-and at the end the fraction of dead ReLU units on 512 test images. Appends one JSON line per
-run to early-steps.jsonl beside this file (a run already there is skipped).
+Each run goes through cnnlab's own loop (`train_one_epoch`) with the path's settings
+(experiments.common.PATHS) and stops after --steps optimizer steps; it records every step's
+training loss and at the end the fraction of dead ReLU units on 512 test images. Appends one
+JSON line per run to results/fidelity/early-steps.jsonl (a run already there is skipped).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from collapse import PATHS, figure, finished_runs, table  # noqa: E402
-from first_steps import PROBE, Stop, dead_relus, seeds_arg, train_first_steps  # noqa: E402
+from cnnlab.data import load_datasets, resolve_data_dir
+from cnnlab.device import machine_name
+from cnnlab.loggers import Logger
+from cnnlab.recipe import parse_assignments
+from experiments.common import (
+    FIDELITY,
+    PATHS,
+    PROBE,
+    dead_relus,
+    finished_runs,
+    int_list,
+    rate_figure,
+    rate_table,
+    train_first_steps,
+)
 
-from cnnlab.data import load_datasets, resolve_data_dir  # noqa: E402
-from cnnlab.device import machine_name  # noqa: E402
-from cnnlab.recipe import parse_assignments  # noqa: E402
-from cnnlab.report import did_not_learn  # noqa: E402
-from cnnlab.train import Logger  # noqa: E402
-
-HERE = Path(__file__).parent
-OUT = HERE / "early-steps.jsonl"
-FIGURE = HERE / "early-collapse-rates.png"
+OUT = FIDELITY / "early-steps.jsonl"
+FIGURE = FIDELITY / "early-collapse-rates.png"
 # A run whose last 20 batch losses average above this has collapsed: ln 10 ≈ 2.303 is chance,
 # and the runs that learn are below 1.3 by step 100 (1.25 at most over the readings made).
 COLLAPSED_LOSS = 2.2
 
 
 class Losses(Logger):
-    def __init__(self, steps: int) -> None:
-        self.steps, self.losses = steps, []
+    """Each step's training loss."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         self.losses.append(values["train/loss"])
-        if step == self.steps:
-            raise Stop
 
 
 def early_run(path: str, seed: int, steps: int, data, probe) -> dict:
-    model, recorder = train_first_steps(parse_assignments(PATHS[path]), seed, data,
-                                        lambda _model: Losses(steps))
+    model, recorder = train_first_steps(parse_assignments(PATHS[path]), seed, data, steps,
+                                        lambda _model: Losses())
     return {"path": path, "seed": seed, "steps": steps, "losses": recorder.losses,
             "dead_relu": dead_relus(model, probe), "cpu": machine_name(torch.device("cpu")),
             "threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -95,7 +98,7 @@ def agreement(runs: list[dict]) -> str:
     for path, swept in finished_runs().items():
         both = [seed for seed, run in swept.items() if (path, seed) in read
                 and run.info.get("machine", "") == read[path, seed]["cpu"]]
-        agree = sum(early_collapsed(read[path, seed]) == did_not_learn(swept[seed])
+        agree = sum(early_collapsed(read[path, seed]) == swept[seed].collapsed
                     for seed in both)
         lines.append(f"| {path} | {len(both)} | {agree} of {len(both)} |")
     return "\n".join(lines) + "\n"
@@ -104,7 +107,7 @@ def agreement(runs: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paths", default="cnnlab")
-    parser.add_argument("--seeds", type=seeds_arg, default=seeds_arg("0..99"))
+    parser.add_argument("--seeds", type=int_list, default=int_list("0..99"))
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1,
                         help="1, as the sweeps ran, so that the steps are theirs bit for bit")
@@ -115,8 +118,8 @@ def main() -> None:
     if args.table:
         runs = early_runs(args.steps)
         early = early_outcomes(runs)
-        print(table(early) + "\n" + agreement(runs), end="")
-        figure(early, FIGURE, f"runs collapsed by step {args.steps}")
+        print(rate_table(early) + "\n" + agreement(runs), end="")
+        rate_figure(early, FIGURE, f"runs collapsed by step {args.steps}")
         return
     torch.set_num_threads(args.threads)
     data = load_datasets(resolve_data_dir(args.data_dir))

@@ -1,6 +1,6 @@
 """Where cnnlab's batched pipeline and dropout draw their random numbers within an epoch.
 
-Run from the repository root: `python results/fidelity/shared_streams.py`
+Run from the repository root: `python -m experiments.fidelity.shared_streams`
 
 `train_one_epoch` seeds the global generator (dropout) and the data generator (order and
 augmentation) with the same epoch seed, so both produce the same raw stream. This prints

@@ -3,8 +3,8 @@ validation split: the rows of ABLATION.md.
 
 Run from the repository root (CNNLAB_DATA or --data-dir pointing at Fashion-MNIST):
 
-    python results/recipes/ablate.py run [--rows KEY,KEY] [--seeds 0,1]
-    python results/recipes/ablate.py table > results/recipes/ABLATION.md
+    python -m experiments.recipes.ablate run [--rows KEY,KEY] [--seeds 0,1]
+    python -m experiments.recipes.ablate table > results/recipes/ABLATION.md
 
 `run` trains each row's seeds one after another, each with `cnnlab train` on one thread,
 into results/recipes/ablation/<row>-seed<S>/; finished runs are skipped and interrupted
@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import statistics
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cnnlab.report import Run, elapsed, read_run
+from cnnlab.runs import Run, read_run
+from experiments.common import int_list, run_cnnlab
 
 OUT = Path("results/recipes/ablation")  # from the repository root, as the commands print
 VAL = 10_000
@@ -106,8 +105,7 @@ def run(rows: list[Row], seeds: list[int]) -> None:
             if (folder / "last.pt").exists():
                 args = ["cnnlab", "train", "--resume", str(folder), "--threads", "1"]
             print("$", shlex.join(args), flush=True)
-            subprocess.run([sys.executable, "-m", "cnnlab.cli", *args[1:], "--quiet"],
-                           check=True)
+            run_cnnlab(*args[1:], "--quiet")
 
 
 def table(rows: list[Row]) -> str:
@@ -124,8 +122,9 @@ def table(rows: list[Row]) -> str:
              "validation accuracy (the test set is never read here). Training time is the "
              "sum of metrics.csv's seconds (training and per-epoch evaluation), one thread "
              "per run with the two seeds side by side on the machine named. Produced by "
-             "`python results/recipes/ablate.py run --seeds S` for S = 0 and 1, then "
-             "`python results/recipes/ablate.py table > results/recipes/ABLATION.md`.", "",
+             "`python -m experiments.recipes.ablate run --seeds S` for S = 0 and 1, then "
+             "`python -m experiments.recipes.ablate table > results/recipes/ABLATION.md`.",
+             "",
              "| row | change | kept | seeds | validation accuracy (%) | training time per "
              "run (s) | machine | command (per seed S) |", "|" + " --- |" * 8]
     for row in rows:
@@ -133,7 +132,7 @@ def table(rows: list[Row]) -> str:
         if not done:
             continue
         acc = [100 * r.rows[-1]["val_acc"] for r in done]
-        seconds = [elapsed(r)[-1] for r in done]
+        seconds = [r.elapsed[-1] for r in done]
         cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
                 f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
         command = shlex.join(row.command("S"))
@@ -149,14 +148,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=("run", "table"))
     parser.add_argument("--rows", help="comma-separated row keys (default: all)")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", type=int_list, default=int_list("0,1"))
     args = parser.parse_args()
     keys = args.rows.split(",") if args.rows else [r.key for r in ROWS]
     if unknown := set(keys) - {r.key for r in ROWS}:
         parser.error(f"unknown row(s) {', '.join(sorted(unknown))}")
     rows = [r for r in ROWS if r.key in keys]
     if args.action == "run":
-        run(rows, [int(s) for s in args.seeds.split(",")])
+        run(rows, args.seeds)
     else:
         print(table(rows), end="")
 
