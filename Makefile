@@ -10,6 +10,8 @@ export CNNLAB_DATA ?= $(abspath ../shared/data/fashion-mnist)
 endif
 
 .PHONY: setup demo check test browser docs docs-serve
+# mkdocs-material's banner about MkDocs 2 says nothing about this site
+export NO_MKDOCS_2_WARNING := 1
 
 $(BIN)/cnnlab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -129,16 +129,6 @@ def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path, ca
     assert load_file(path) == builtin(name)
 
 
-def test_recipe_keys_are_all_documented_in_the_readme(capsys):
-    """The README's recipe table is `cnnlab recipe keys`, so docs and code cannot drift."""
-    from pathlib import Path
-
-    code, out, _ = run_cli(capsys, "recipe", "keys")
-    assert code == 0
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert out.strip() in readme
-
-
 def test_the_example_recipe_trains_end_to_end(tmp_path, capsys, data_dir):
     from pathlib import Path
 

@@ -262,7 +262,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from cnnlab.report import build_report
-    from cnnlab.reproduce import reproduce
+    from cnnlab.reproduce import full_note, quick_note, reproduce
 
     names = parse_list(args.runs, recipes.list_builtin(), "recipe")
     try:
@@ -270,6 +270,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     except ValueError:
         raise CnnlabError(f"--seeds wants integers like 0,1,2 (got {args.seeds!r})") from None
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
+    if args.quick:
+        print(quick_note(), flush=True)
     if args.workers is not None:
         from cnnlab import sweep
 
@@ -286,6 +288,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
     print_results(out_dir)
+    if args.quick:
+        print(full_note(out_dir))
 
 
 def cmd_sweep_create(args: argparse.Namespace) -> None:
