@@ -24,9 +24,9 @@ from cnnlab.recipe import Recipe, builtin
 from cnnlab.runs import RunFolder
 from cnnlab.train import Logger, resume_recipe, train
 
-# --quick (`make demo`): the same pipeline on subsets and 2 epochs (about 3 minutes of
+# --quick (`make demo`): the same pipeline on subsets and 2 epochs (2 to 3 minutes of
 # training for the five study recipes on 2 CPU cores).
-QUICK = {"epochs": 2, "limit_train": 4000, "limit_test": 1000}
+QUICK = {"epochs": 2, "limit_train": 3000, "limit_test": 1000}
 FULL_MINUTES = 155  # the study's five recipes, seed 0, on 2 cores: results/study/runs/*-seed0
 
 
