@@ -50,7 +50,8 @@ def test_presets_lists_the_study_recipes(capsys):
     (["train", "lenet", "--set", "epochs.x=1"], "epochs is not a table"),
     (["train", "lenet", "--set", "model.args.width=2"],
      "model.args.width: not an argument of model 'lenet'; valid: none"),
-    (["train", "lenet", "--model", "my_nets.py:Net"], "model code my_nets.py: no such file"),
+    pytest.param(["train", "lenet", "--model", "my_nets.py:Net"],  # found after the data
+                 "model code my_nets.py: no such file", marks=pytest.mark.real_data),
     (["train", "lenet", "--recipe", "x.toml"], "name a built-in recipe or give --recipe"),
     (["train", "--recipe", "/nonexistent.toml"], "/nonexistent.toml: no such recipe file"),
     (["train", "lenet", "--device", "cuda"], "CUDA is not available"),
