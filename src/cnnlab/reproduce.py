@@ -8,6 +8,7 @@ or Ctrl-C loses at most the epoch that was in progress.
 from __future__ import annotations
 
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,14 @@ FULL_MINUTES = 155  # the study's five recipes, seed 0, on 2 cores: results/stud
 
 def quick_note() -> str:
     """What the short runs of `--quick` are, and what they are not."""
-    return (f"Short runs: each recipe for {QUICK['epochs']} epochs on the first "
-            f"{QUICK['limit_train']:,} of the 60,000 training images, tested on the first "
-            f"{QUICK['limit_test']:,} of the 10,000 test images. They show every part working "
-            "on the real data (data, training, checkpoints, report); they do not reproduce "
-            "the study's accuracies, which take 15 to 30 epochs on all the data, so expect "
-            "their accuracies well below the study's, and custom_nobn (lr 0.003) may "
-            "collapse to chance, 10%, as it does in full runs too.")
+    return textwrap.fill(
+        f"Short runs: each recipe for {QUICK['epochs']} epochs on the first "
+        f"{QUICK['limit_train']:,} of the 60,000 training images, tested on the first "
+        f"{QUICK['limit_test']:,} of the 10,000 test images. They show every part working "
+        "on the real data (data, training, checkpoints, report); they do not reproduce "
+        "the study's accuracies, which take 15 to 30 epochs on all the data, so expect "
+        "their accuracies well below the study's, and custom_nobn (lr 0.003) may "
+        "collapse to chance, 10%, as it does in full runs too.", 92)
 
 
 def full_note(out_dir: Path) -> str:
