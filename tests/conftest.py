@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cnnlab.data import load_datasets, missing_files
+from cnnlab.data import ensure_data, load_datasets, resolve_data_dir
+from cnnlab.errors import CnnlabError
 from cnnlab.recipe import builtin
 from cnnlab.runs import RunFolder
 from cnnlab.train import train
@@ -20,11 +20,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """The real dataset: $CNNLAB_DATA, else the shared copy beside the checkout."""
-    path = Path(os.environ.get("CNNLAB_DATA") or REPO.parent / "shared/data/fashion-mnist")
-    if missing_files(path):
-        pytest.fail(f"Fashion-MNIST not found in {path}: set CNNLAB_DATA to its folder")
+    """The real dataset, found as cnnlab finds it ($CNNLAB_DATA, else
+    ~/.cache/cnnlab/fashion-mnist) and downloaded there when missing, as `make demo` does."""
+    path = resolve_data_dir()
+    try:
+        ensure_data(path)
+    except CnnlabError as e:
+        pytest.fail(f"the real-data tests need Fashion-MNIST: {e}")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reads the real data is in the `real_data` tier: it asks for `data_dir`."""
+    for item in items:
+        if "data_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.real_data)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """Learnable random IDX files, 1,000 training and 200 test images: for the tests of what
+    surrounds a model (inference, the API), which need no real data."""
+    return write_dataset(tmp_path_factory.mktemp("synthetic"), n_train=1000, n_test=200,
+                         learnable=True)
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory, synthetic_dir: Path) -> Path:
+    """A small speednet trained on the synthetic data for 2 epochs (a few seconds), which
+    tells its classes apart by wide margins."""
+    run = tmp_path_factory.mktemp("synthetic-run")
+    recipe = study_recipe("lenet", name="tiny", epochs=2, **{
+        "model.name": "speednet", "model.args": {"widths": [8, 16, 32]},
+        "schedule.name": "constant"})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is faster, and never oversubscribed
+    try:
+        train_recipe(recipe, run, synthetic_dir)
+    finally:
+        torch.set_num_threads(threads)
+    return run
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -35,8 +70,9 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_dataset(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = True,
-                  seed: int = 0) -> Path:
-    """A tiny valid dataset in the four IDX files (random pixels, labels 0..9)."""
+                  seed: int = 0, learnable: bool = False) -> Path:
+    """A tiny valid dataset in the four IDX files (random pixels, labels 0..9); `learnable`
+    lays each class's own fixed pattern over the noise, so a model learns it at once."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     files = {
@@ -45,6 +81,13 @@ def write_dataset(folder: Path, n_train: int = 50, n_test: int = 20, gz: bool = 
         "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28)),
         "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test),
     }
+    if learnable:  # light patterns inside a dark border, as Fashion-MNIST looks
+        patterns = np.zeros((10, 28, 28), dtype=np.int64)
+        patterns[:, 2:-2, 2:-2] = rng.integers(0, 2, (10, 24, 24)) * 192
+        for split in ("train", "t10k"):
+            labels = files[f"{split}-labels-idx1-ubyte"]
+            noise = files[f"{split}-images-idx3-ubyte"]
+            files[f"{split}-images-idx3-ubyte"] = patterns[labels] + noise // 4
     for name, array in files.items():
         payload = idx_bytes(array)
         if gz:

@@ -8,6 +8,7 @@ from cnnlab.cli import main
 from conftest import write_dataset
 
 
+@pytest.mark.slow
 def test_bench_writes_table_and_json(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_train=256, n_test=40)
     out = tmp_path / "bench.json"

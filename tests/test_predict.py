@@ -184,3 +184,16 @@ def test_the_predictor_takes_bytes_pil_images_and_tensors(run_dir, boot_jpeg, dr
         predictor.predict([b"GIF89a not really"])
     with pytest.raises(CnnlabError, match="uint8 of shape 28×28"):
         predictor.predict([torch.zeros(3, 3)])
+
+
+def test_a_run_on_synthetic_images_predicts_what_it_scored(synthetic_run, synthetic_dir,
+                                                            tmp_path) -> None:
+    """Load, evaluate and predict without the real data (the quick tier's inference test)."""
+    predictor = Predictor.load(synthetic_run)
+    test = load_split(synthetic_dir, "test")
+    _, accuracy = predictor.evaluate(test)
+    assert accuracy == pytest.approx(predictor.test_acc)
+    path = tmp_path / "sample.png"
+    Image.fromarray(test.images[0].numpy()).save(path)
+    [prediction] = predictor.predict([path])
+    assert prediction.top[0][0] == CLASSES[int(predictor.logits(test.images[:1]).argmax())]

@@ -29,6 +29,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 COMMAND = "cnnlab report STUDY --data-dir DATA"
 
 
+def says(text: str, *facts: str) -> bool:
+    """Whether `text` states these figures and verdicts in this order, close together, in
+    whatever words: rewording the report's prose breaks no test."""
+    return re.search(".{0,200}?".join(map(re.escape, facts)), text, re.S) is not None
+
+
 class StopAfterOneEpoch(Exception):
     """Raised after the first epoch to leave a run incomplete, as an interrupted run would be."""
 
@@ -244,23 +250,18 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert out[2].split()[:3] == ["recipe", "seeds", "final"]  # the results table follows
     markdown = (tmp_path / "REPORT.md").read_text()
     text = " ".join(section(markdown, SECTIONS[2]).split())
-    assert "Best final test accuracy: custom with 93.20%" in text
-    assert "6.20 points above custom_nobn (87.00%)" in text
-    assert "0.70 points above custom_nobn_lr1e-3 (92.50%)" in text
+    assert says(text, "Best", "custom", "93.20%", "6.20 points above", "custom_nobn", "87.00%")
+    assert says(text, "0.70 points above", "custom_nobn_lr1e-3", "92.50%")
     for preset, runs in losses.items():
         volatility = statistics.mean(np.diff(loss).std(ddof=1) for loss in runs)
         assert f"{preset} {volatility:.4f}" in text
-    assert "custom_nobn's test loss is more erratic than custom's" in text
+    assert says(text, "custom_nobn", "more erratic", "custom")
     # gap 6.20 vs the larger seed std: custom_nobn's 1.41 points
-    assert "against custom_nobn the gap of 6.20 points exceeds the larger seed-to-seed std " \
-        "(1.41 points)" in text
-    assert "against custom_nobn_lr1e-3 it cannot be judged: custom_nobn_lr1e-3 has only " \
-        "one seed" in text
+    assert says(text, "custom_nobn", "6.20 points", "exceeds", "1.41 points")
+    assert says(text, "custom_nobn_lr1e-3", "cannot be judged", "one seed")
     assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
-    assert ("No custom run folder has predictions.csv or last.pt, so this part is skipped "
-            "(its runs predate predictions.csv, and their checkpoints were not kept); one more "
-            f"seed adds it: `cnnlab reproduce --runs custom --seeds 2 --out {tmp_path}`.") \
-        in markdown
+    assert says(markdown, "custom", "predictions.csv", "last.pt", "skipped",
+                f"`cnnlab reproduce --runs custom --seeds 2 --out {tmp_path}`")
     assert f"cnnlab report {tmp_path}" in markdown
 
 
@@ -312,20 +313,17 @@ def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     fake_run(tmp_path, "custom_nobn", 1, [0.10, 0.10, 0.10], [2.303, 2.3031, 2.303])
     groups = load_runs(tmp_path)[0]
     notes = results_notes(groups)
-    assert ("custom_nobn-seed1 did not learn: final test accuracy 10.00% where chance is 10% "
-            "(final train loss 1.000; ln 10 = 2.303). It counts in the means and spreads."
-            in notes)
+    assert any(says(n, "custom_nobn-seed1 did not learn", "10.00%", "10%", "1.000", "2.303",
+                    "counts in the means") for n in notes)
     assert not any("custom_nobn-seed0 did not learn" in n or "custom-seed0 did not" in n
                    for n in notes)
     text = " ".join(ablation_text(groups))
     assert "custom_nobn (49.00%)" in text  # the mean still includes the collapsed run
     # volatility from the run that learned only: the collapsed run's flat loss is left out
     assert f"custom_nobn {np.diff([0.5, 0.9, 0.4]).std(ddof=1):.4f}" in text
-    assert ("1 of 2 custom_nobn runs did not learn (at chance level to the end: "
-            "custom_nobn-seed1 from epoch 1); collapse rate 50% (95% Wilson interval 9–91%); "
-            "the runs that did reached 88.00% on average.") in text
-    assert ("0 of 1 custom runs did not learn; collapse rate 0% (95% Wilson interval 0–79%); "
-            "the runs that did reached 93.00% on average.") in text
+    assert says(text, "1 of 2 custom_nobn runs did not learn", "custom_nobn-seed1",
+                "epoch 1", "50%", "9–91%", "88.00%")
+    assert says(text, "0 of 1 custom runs did not learn", "0%", "0–79%", "93.00%")
 
 
 def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -345,11 +343,9 @@ def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatc
     assert main(["report", str(study), "--collapse-runs", str(sweep)]) == 0
     capsys.readouterr()
     text = " ".join(section((study / "REPORT.md").read_text(), SECTIONS[2]).split())
-    assert (f"More seeds, from {sweep / 'runs'} (4 finished run(s) of 3 epochs; 1 unfinished "
-            "run(s) left out): - 2 of 4 custom_nobn runs did not learn (at chance level to "
-            "the end: custom_nobn-seed1 from epoch 1, custom_nobn-seed2 from epoch 2); "
-            "collapse rate 50% (95% Wilson interval 15–85%); the runs that did reached 85.50% "
-            "on average.") in text
+    assert says(text, str(sweep / "runs"), "4 finished", "3 epochs", "1 unfinished",
+                "2 of 4 custom_nobn runs did not learn", "custom_nobn-seed1", "epoch 1",
+                "custom_nobn-seed2", "epoch 2", "50%", "15–85%", "85.50%")
     # the study's own numbers are not mixed with the sweep's
     assert "0 of 1 custom_nobn runs did not learn" in text
     err = one_line_error(capsys, ["report", str(study), "--collapse-runs", str(study / "runs")])
@@ -366,16 +362,16 @@ def test_more_seeds_name_the_settings_their_runs_changed(tmp_path: Path) -> None
     from cnnlab.report.verdicts import more_seeds_text
 
     fake_run(tmp_path / "fast", "custom_nobn", 0, [0.1], [2.3])
-    assert more_seeds_text(tmp_path / "fast")[0].endswith("(1 finished run(s) of 1 epochs):")
+    shipped = more_seeds_text(tmp_path / "fast")[0]
+    assert says(shipped, "1 finished", "1 epochs") and "=" not in shipped
     fake_run(tmp_path / "study_way", "custom_nobn", 0, [0.1], [2.3])
     config = tmp_path / "study_way" / "runs" / "custom_nobn-seed0" / "config.json"
     info = json.loads(config.read_text())
     info["recipe"]["pipeline"] = "per_image"
     info["recipe"]["optimizer"]["fused"] = False
     config.write_text(json.dumps(info))
-    assert more_seeds_text(tmp_path / "study_way")[0].endswith(
-        "(1 finished run(s) of 1 epochs; changed from the built-in recipe: "
-        'optimizer.fused=false, pipeline="per_image"):')
+    assert says(more_seeds_text(tmp_path / "study_way")[0], "1 finished", "1 epochs",
+                'optimizer.fused=false, pipeline="per_image"')
 
 
 def test_runs_of_any_recipe_are_grouped_by_recipe_name(tmp_path: Path, data_dir: Path) -> None:

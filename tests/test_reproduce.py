@@ -66,6 +66,11 @@ def test_reproduce_quick_command_writes_the_report(tmp_path, data_dir, tiny, cap
     report = (out / "REPORT.md").read_text()
     final = read_metrics(out / "runs/lenet-seed0/metrics.csv")[-1]["test_acc"]
     assert f"| lenet | 0 | {100 * final:.2f} |" in report
+    printed = capsys.readouterr().out.splitlines()  # what the short runs are, then what next
+    note = " ".join(printed[:printed.index(f"wrote {out / 'REPORT.md'}")])
+    assert all(figure in note for figure in ("2 epochs", "first 400 ", "first 200 "))
+    assert str(out / "REPORT.md") in printed[-2] and str(out / "report.html") in printed[-2]
+    assert printed[-1].endswith(": cnnlab reproduce")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -92,6 +92,7 @@ for epoch in range(1, 1000):
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     path = tmp_path / "last.pt"
     for delay in (0.0, 0.05, 0.15):

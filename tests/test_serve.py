@@ -21,22 +21,18 @@ from PIL import Image
 from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
 from cnnlab.serve import MAX_BODY_BYTES, create_app
-from conftest import study_recipe, train_recipe
 from experiments.serve.loadtest import load_test
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir) -> Path:
-    """LeNet, 2 epochs on 10,000 images."""
-    run = tmp_path_factory.mktemp("served")
-    train_recipe(study_recipe("lenet", epochs=2, limit_train=10000, limit_test=1000), run,
-                 data_dir)
-    return run
+def run_dir(synthetic_run) -> Path:
+    """A small network trained on synthetic images: the API needs no real data."""
+    return synthetic_run
 
 
 @pytest.fixture(scope="module")
-def test_set(data_dir):
-    return load_split(data_dir, "test").head(200)
+def test_set(synthetic_dir):
+    return load_split(synthetic_dir, "test").head(200)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +77,7 @@ def test_batch_predicts_what_evaluate_predicts(client, run_dir, test_set):
 def test_model_health_samples_page_and_docs(client, run_dir, test_set):
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
-    assert info["architecture"] == "lenet" and info["runtime"] == "torch"
+    assert info["architecture"] == "speednet" and info["runtime"] == "torch"
     assert info["classes"] == list(CLASSES) and info["samples"] == 200
     assert info["test_accuracy"] == pytest.approx(Predictor.load(run_dir).test_acc)
     sample = client.get("/v1/samples/3")
@@ -161,13 +157,14 @@ def served(run_dir: Path, data_dir: Path, runtime: str = "auto") -> Iterator[str
         server.wait(timeout=30)
 
 
+@pytest.mark.server
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, data_dir, runtime):
+def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, synthetic_dir, runtime):
     """`cnnlab serve` on loopback: 8 clients, 200 requests, all 200 and correct, the
     server healthy afterwards; with either runtime."""
     expected = Predictor.load(run_dir).logits(test_set.images).argmax(1).tolist()
     bodies = [png(x.numpy()) for x in test_set.images]
-    with served(run_dir, data_dir, runtime) as base:
+    with served(run_dir, synthetic_dir, runtime) as base:
         result = load_test(base, bodies, expected, clients=8, requests=200)
         assert result["wrong"] == 0 and result["requests"] == 200
         assert result["p50_ms"] <= result["p99_ms"]
@@ -185,7 +182,9 @@ def test_binding_another_address_warns(capsys, run_dir):
                                                          "nowhere", "--port", "0"])
 
 
-def test_the_page_in_a_real_browser(run_dir, data_dir, test_set, tmp_path):
+@pytest.mark.server
+@pytest.mark.browser
+def test_the_page_in_a_real_browser(run_dir, synthetic_dir, test_set, tmp_path):
     """Headless Debian chromium driven by Selenium: load the page, upload a test-set image,
     read the predicted class from the page; a screenshot is kept as a test artifact."""
     import shutil
@@ -211,7 +210,7 @@ def test_the_page_in_a_real_browser(run_dir, data_dir, test_set, tmp_path):
                  "--window-size=1100,800"):
         options.add_argument(flag)
     browser = None
-    with served(run_dir, data_dir) as base:
+    with served(run_dir, synthetic_dir) as base:
         try:
             browser = webdriver.Chrome(service=Service(chromedriver), options=options)
             wait = WebDriverWait(browser, 30)

@@ -36,7 +36,7 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture(params=["journal", "postgres"])
+@pytest.fixture(params=["journal", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage(request, tmp_path: Path) -> str:
     if request.param == "journal":
         yield str(tmp_path / "sweep.journal")
@@ -183,6 +183,7 @@ def test_reproduce_with_workers_continues_a_sequential_reproduction(tmp_path: Pa
     assert "| lenet | 0, 1 |" in (out / "REPORT.md").read_text()
 
 
+@pytest.mark.postgres
 def test_storage_and_definition_errors_are_one_line(postgres_url: str, tmp_path: Path, capsys):
     journal = str(tmp_path / "j.journal")
     wrong_password = postgres_url.replace(":cnnlab-test@", ":wrong@")

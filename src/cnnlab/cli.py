@@ -234,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     from cnnlab.report.study import build_report
-    from cnnlab.reproduce import reproduce
+    from cnnlab.reproduce import full_note, quick_note, reproduce
 
     names = parse_list(args.runs, recipes.list_builtin(), "recipe")
     try:
@@ -242,6 +242,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     except CnnlabError as e:
         raise CnnlabError(f"--seeds wants integers: {e}") from None
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
+    if args.quick:
+        print(quick_note(), flush=True)
     if args.workers is not None:
         # The study's grid as a sweep named after --out, its journal inside --out.
         storage = str(out_dir / "sweep.journal")
@@ -256,6 +258,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     for path in build_report(out_dir, data_dir, command_line()):
         print(f"wrote {path}")
     print_results(out_dir)
+    if args.quick:
+        print(full_note(out_dir))
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

@@ -375,7 +375,8 @@ def to_toml(recipe: Recipe) -> str:
 
 
 def keys_table() -> str:
-    """Every recipe key as a Markdown table (the README's recipe reference)."""
+    """Every recipe key as a Markdown table: `cnnlab recipe keys`, and the documentation's
+    recipe page, which generates it when the site is built."""
     rows = ["| key | type | default | valid values | meaning |",
             "| --- | --- | --- | --- | --- |"]
     for k in documented_keys(Recipe) + transform_keys():
