@@ -16,6 +16,7 @@ import optuna
 import pytest
 
 from cnnlab.cli import main
+from cnnlab.reproduce import QUICK
 from cnnlab.runs import read_metrics
 from cnnlab.sweep.storage import open_storage
 from conftest import REPO, one_line_error
@@ -179,7 +180,7 @@ def test_reproduce_with_workers_continues_a_sequential_reproduction(tmp_path: Pa
     log = finish(cli(*quick, "--seeds", "0,1", "--workers", "2"))
     assert "lenet-seed0: finished earlier" in log and "lenet-seed1: starting" in log
     assert (out / "runs/lenet-seed0/metrics.csv").read_text() == seed0
-    assert len(read_metrics(out / "runs/lenet-seed1/metrics.csv")) == 3
+    assert len(read_metrics(out / "runs/lenet-seed1/metrics.csv")) == QUICK["epochs"]
     assert "| lenet | 0, 1 |" in (out / "REPORT.md").read_text()
 
 
