@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"export", "serve", "bench", "reproduce", "report.tables", "report.verdicts",
      "report.study", "report.search"},
     {"sweep", "cli_common"},
+    {"commands"},
     {"cli"},
 ]
 

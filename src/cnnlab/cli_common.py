@@ -1,5 +1,6 @@
-"""What the command-line modules share (cnnlab.cli and cnnlab.sweep.cli): plain-text tables,
-recipes named on a command line, and the results table printed after a report."""
+"""What the command-line modules share (cli, commands and sweep.cli): plain-text tables,
+recipes named on a command line, the argparse name of a recipe key, and the results table
+printed after a report."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ def format_table(headers: list[str], rows: list[list[str]]) -> str:
     lines = [headers, ["-" * w for w in widths], *rows]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
                      for line in lines)
+
+
+def dest(path: str) -> str:
+    """The argparse attribute of the flag for recipe key `path` (dots are not allowed)."""
+    return "key_" + path.replace(".", "__")
 
 
 def named_recipe(name: str) -> Recipe:

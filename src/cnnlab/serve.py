@@ -47,7 +47,6 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
                report: Path | None = None) -> FastAPI:
     """The application: API, OpenAPI docs at /docs, and the page at /."""
     app = FastAPI(title="cnnlab", description="Fashion-MNIST classifier trained with cnnlab")
-    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
     previous_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # load_image refuses anything larger
     app.router.on_shutdown.append(lambda: setattr(Image, "MAX_IMAGE_PIXELS", previous_limit))
@@ -56,37 +55,49 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
     async def bad_input(_request: Request, e: BadInput) -> JSONResponse:
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
-    async def body_of(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise BadInput(413, f"body of {int(declared):,} bytes is over the limit of "
-                           f"{MAX_BODY_BYTES:,}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise BadInput(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    add_prediction_routes(app, predictor)
+    add_model_routes(app, predictor, samples, report)
+    return app
 
-    async def uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
-        """(name, bytes) of each uploaded picture: multipart field(s), or the raw body."""
-        kind = request.headers.get("content-type", "")
-        if kind.startswith("multipart/form-data"):
-            body = await body_of(request)
-            try:
-                form = await Request({**request.scope}, _replay(body)).form(
-                    max_files=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
-            except Exception as e:  # the multipart parser's own errors
-                raise BadInput(400, f"malformed multipart form ({e})") from None
-            files = [f for f in form.getlist(field) if hasattr(f, "read")]
-            if not files:
-                raise BadInput(400, f"the form has no file in field {field!r}")
-            return [(f.filename or field, await f.read()) for f in files]
-        if kind and not kind.startswith(IMAGE_TYPES):
-            raise BadInput(415, f"content type {kind!r}: send a picture (image/png, "
-                           "image/jpeg, …) as the body, or multipart/form-data")
-        return [("body", await body_of(request))]
+
+async def body_of(request: Request) -> bytes:
+    """The request body, refused (413) as soon as it passes MAX_BODY_BYTES."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadInput(413, f"body of {int(declared):,} bytes is over the limit of "
+                       f"{MAX_BODY_BYTES:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadInput(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each uploaded picture: multipart field(s), or the raw body."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        body = await body_of(request)
+        try:
+            form = await Request({**request.scope}, _replay(body)).form(
+                max_files=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
+        except Exception as e:  # the multipart parser's own errors
+            raise BadInput(400, f"malformed multipart form ({e})") from None
+        files = [f for f in form.getlist(field) if hasattr(f, "read")]
+        if not files:
+            raise BadInput(400, f"the form has no file in field {field!r}")
+        return [(f.filename or field, await f.read()) for f in files]
+    if kind and not kind.startswith(IMAGE_TYPES):
+        raise BadInput(415, f"content type {kind!r}: send a picture (image/png, "
+                       "image/jpeg, …) as the body, or multipart/form-data")
+    return [("body", await body_of(request))]
+
+
+def add_prediction_routes(app: FastAPI, predictor: Predictor) -> None:
+    """/v1/predict and /v1/predict/batch; the model runs in worker threads, one per core."""
+    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
 
     async def predict(pictures: list[tuple[str, bytes]], top: int) -> list[dict[str, Any]]:
         if not 1 <= top <= len(CLASSES):
@@ -123,6 +134,11 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
         return {"predictions": [{"name": name, **r}
                                 for (name, _), r in zip(pictures, results, strict=True)]}
 
+
+def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | None,
+                     report: Path | None) -> None:
+    """What the page shows besides predictions: health, the model, samples, report, page."""
+
     @app.get("/healthz")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -154,8 +170,6 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text())
-
-    return app
 
 
 def _replay(body: bytes):

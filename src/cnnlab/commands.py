@@ -1,0 +1,270 @@
+"""What each top-level `cnnlab` command does, given its parsed arguments (the parser is in
+cli.py; the sweep commands are in sweep/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cnnlab import recipe as recipes
+from cnnlab.cli_common import dest, format_table, named_recipe, print_results
+from cnnlab.data import SHA256, download, ensure_data, load_split, resolve_data_dir, verify
+from cnnlab.device import resolve_device
+from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_write_text
+from cnnlab.inference import Predictor, format_json, format_text, load_image
+from cnnlab.loggers import ConsoleLogger, Logger, TensorBoardLogger
+from cnnlab.models import count_macs, count_parameters, get_model, is_user_code, list_models
+from cnnlab.recipe import STUDY_AUGMENT, Recipe
+from cnnlab.reproduce import QUICK
+from cnnlab.runs import RunFolder, command_line
+from cnnlab.sweep.cli import run_workers
+from cnnlab.sweep.definition import grid_spec, parse_int_list
+from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.sweeps import ensure_sweep
+from cnnlab.train import resume_recipe, start_or_resume
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    rows = []
+    for name in list_models():
+        model = get_model(name)
+        rows.append([name, f"{count_parameters(model):,}", f"{count_macs(model):,}"])
+    print(format_table(["model", "parameters", "MACs/image"], rows))
+
+
+def augment_summary(recipe: Recipe) -> str:
+    return " + ".join(t.NAME for t in recipe.augment) or "none"
+
+
+def cmd_presets(args: argparse.Namespace) -> None:
+    rows = []
+    for name in recipes.list_builtin():
+        r = recipes.builtin(name)
+        rows.append([name, r.model.name, r.batch_size, r.epochs, r.optimizer.name,
+                     r.optimizer.lr, r.schedule.name, augment_summary(r),
+                     f"{100 * r.study.accuracy:.1f}%" if r.is_study else ""])
+    print(format_table(["recipe", "model", "batch", "epochs", "optimizer", "lr", "schedule",
+                        "augmentation", "study"], rows))
+
+
+def cmd_recipe_show(args: argparse.Namespace) -> None:
+    recipe = named_recipe(args.name)
+    print(f"# cnnlab recipe {recipe.name!r}: every key with its value; copy, edit, and train "
+          f"it with `cnnlab train --recipe FILE.toml`\n" + recipes.to_toml(recipe), end="")
+
+
+def cmd_recipe_keys(args: argparse.Namespace) -> None:
+    print(recipes.keys_table())
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe keys this command line sets: flags first, then --set in order."""
+    out = {key.name: getattr(args, dest(key.name)) for key in recipes.flags()
+           if getattr(args, dest(key.name)) is not None}
+    if args.augment is not None:
+        out["augment"] = STUDY_AUGMENT if args.augment else []
+    out.update(recipes.parse_assignments(args.set or []))
+    return out
+
+
+def user_code_of(recipe: Recipe, given: str | None) -> str | None:
+    """The source of a user's network that this command line names (never a file merely
+    recorded in a run folder)."""
+    if given is not None or not is_user_code(recipe.model.name):
+        return given
+    return recipe.model.name.rsplit(":", 1)[0]
+
+
+def make_loggers(args: argparse.Namespace, recipe: Recipe) -> list[Logger]:
+    loggers: list[Logger] = [] if args.quiet else [ConsoleLogger(recipe.epochs)]
+    if "tensorboard" in (args.log or []):
+        if args.log_every < 1:
+            raise CnnlabError(f"--log-every must be >= 1 (got {args.log_every})")
+        loggers.append(TensorBoardLogger(args.log_every))
+    return loggers
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    overrides = overrides_from(args)
+    if args.resume:
+        run = RunFolder(args.resume)
+        if args.out and Path(args.out).resolve() != run.path.resolve():
+            raise CnnlabError("--out and --resume name different folders; give only --resume")
+        if args.recipe_file:
+            raise CnnlabError("--recipe and --resume: a resumed run keeps its saved recipe; "
+                              "give only --resume")
+        if args.name:
+            overrides["name"] = args.name
+        recipe = resume_recipe(run, overrides)
+        code = args.model_code
+    else:
+        if args.name and args.recipe_file:
+            raise CnnlabError("name a built-in recipe or give --recipe FILE, not both")
+        if not (args.name or args.recipe_file):
+            raise CnnlabError("name a recipe (see `cnnlab presets`), give --recipe FILE.toml, "
+                              "or --resume RUN_DIR")
+        base = (recipes.load_file(Path(args.recipe_file)) if args.recipe_file
+                else recipes.builtin(args.name))
+        recipe = base.with_overrides(overrides) if overrides else base
+        code = user_code_of(recipe, args.model_code)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run = RunFolder(args.out or Path("runs") / f"{recipe.name}-{stamp}")
+        run.claim(args.overwrite)
+    device = resolve_device(args.device)
+    data_dir = resolve_data_dir(args.data_dir)
+    ensure_data(data_dir)
+    metrics = start_or_resume(recipe, run, data_dir, device, resume=bool(args.resume),
+                              loggers=make_loggers(args, recipe), progress_bar=not args.quiet,
+                              model_code=code)
+    final = metrics[-1]
+    print(f"{recipe.name}: final test accuracy {100 * final['test_acc']:.2f}% "
+          f"(test loss {final['test_loss']:.4f}) after {final['epoch']} epochs on {device}; "
+          f"run folder {run.path}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CnnlabError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
+                               args.model_code)
+    test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
+    loss, acc = predictor.evaluate(test_set, args.batch_size)
+    recipe = predictor.recipe
+    print(f"{recipe.name} ({recipe.model.name}, epoch {predictor.epoch}, "
+          f"{predictor.runtime}): test accuracy {100 * acc:.2f}%, test loss {loss:.4f} on "
+          f"{len(test_set):,} images")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from cnnlab.export import export_onnx
+
+    if args.opset < 18:
+        raise CnnlabError(f"--opset must be >= 18, the oldest torch's exporter writes "
+                          f"(got {args.opset})")
+    out = Path(args.out)
+    metadata = export_onnx(Path(args.source), out, args.opset, args.model_code)
+    accuracy = metadata["test_accuracy"]
+    note = f", test accuracy {100 * float(accuracy):.2f}% when saved" if accuracy else ""
+    print(f"wrote {out} (opset {args.opset}, input uint8 images (batch, 28, 28), "
+          f"output logits{note})")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import ipaddress
+
+    from cnnlab.data import missing_files
+
+    try:
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
+        import uvicorn  # noqa: F401
+
+        from cnnlab.serve import serve
+    except ImportError:
+        raise CnnlabError("cnnlab serve needs FastAPI, uvicorn and python-multipart: "
+                          "pip install 'cnnlab[serve]'") from None
+
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise CnnlabError(f"--host {args.host!r} is not an IP address or localhost") from None
+    if not loopback:
+        print(f"cnnlab: warning: serving on {args.host}, reachable from other machines; "
+              "the API has no authentication", file=sys.stderr)
+    if not 0 < args.port < 65536:
+        raise CnnlabError(f"--port must be between 1 and 65535 (got {args.port})")
+    data_dir = resolve_data_dir(args.data_dir)
+    samples = None if missing_files(data_dir) else load_split(data_dir, "test")
+    print(f"serving {args.source} on http://{args.host}:{args.port}/ (API docs at /docs); "
+          "Ctrl-C stops", file=sys.stderr, flush=True)
+    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    data_dir = resolve_data_dir(args.data_dir)
+    fetched = download(data_dir)
+    bad = [name for name, ok in verify(data_dir).items() if not ok]
+    if bad:
+        raise CnnlabError(f"{data_dir}: {', '.join(bad)} fail the SHA-256 check; "
+                          "delete them and run `cnnlab download` again")
+    note = f"downloaded {len(fetched)}, " if fetched else ""
+    print(f"{data_dir}: {note}all {len(SHA256)} files present and verified (SHA-256)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from cnnlab.report.study import build_report
+
+    for path in build_report(Path(args.dir), resolve_data_dir(args.data_dir), command_line(),
+                             [Path(d) for d in args.collapse_runs],
+                             [Path(d) for d in args.time_runs]):
+        print(f"wrote {path}")
+    print_results(Path(args.dir))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    paths = [Path(p) for p in args.images]
+    pictures = [load_image(p) for p in paths]  # every picture is checked before loading
+    predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
+                               args.model_code)
+    predictions = predictor.predict(pictures, [str(p) for p in paths],
+                                    invert=not args.no_invert, top=args.top)
+    print(format_json(predictions) if args.json else format_text(predictions))
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from cnnlab.report.study import build_report
+    from cnnlab.reproduce import full_note, quick_note, reproduce
+
+    names = parse_list(args.runs, recipes.list_builtin(), "recipe")
+    try:
+        seeds = parse_int_list(args.seeds)
+    except CnnlabError as e:
+        raise CnnlabError(f"--seeds wants integers: {e}") from None
+    out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
+    if args.quick:
+        print(quick_note(), flush=True)
+    if args.workers is not None:
+        # The study's grid as a sweep named after --out, its journal inside --out.
+        storage = str(out_dir / "sweep.journal")
+        grid = {"recipe": names, "seed": seeds}
+        spec = grid_spec(grid, {n: recipes.builtin(n) for n in names},
+                         QUICK if args.quick else {})
+        ensure_sweep(out_dir.name, open_storage(storage), spec)
+        run_workers(out_dir.name, storage, out_dir.parent, args)
+    else:
+        reproduce(names, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
+                  args.quiet)
+    for path in build_report(out_dir, data_dir, command_line()):
+        print(f"wrote {path}")
+    print_results(out_dir)
+    if args.quick:
+        print(full_note(out_dir))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from cnnlab.bench import format_bench, run_bench
+
+    models = parse_list(args.models, list_models(), "model")
+    if args.steps < 1 or args.repeats < 1:
+        raise CnnlabError("--steps and --repeats must be >= 1")
+    result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
+                       args.steps, args.repeats,
+                       log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_bench(result))
+    if args.json:
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def parse_list(text: str, valid: list[str], kind: str) -> list[str]:
+    """A comma-separated list of names, each of which must be valid."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in valid]
+    if unknown or not names:
+        raise CnnlabError(f"unknown {kind} {', '.join(unknown) or repr(text)}; "
+                          f"choose from: {', '.join(valid)}")
+    return names
