@@ -131,7 +131,7 @@ def table(rows: list[Row]) -> str:
         done = runs.get(row.key, [])
         if not done:
             continue
-        acc = [100 * r.rows[-1]["val_acc"] for r in done]
+        acc = [100 * r.metrics[-1]["val_acc"] for r in done]
         seconds = [r.elapsed[-1] for r in done]
         cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
                 f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")

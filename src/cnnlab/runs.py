@@ -235,7 +235,7 @@ class Run:
     path: Path
     info: dict[str, Any]          # config.json
     recipe: Recipe                # as recorded in config.json
-    rows: list[dict[str, Any]]    # metrics.csv
+    metrics: list[dict[str, Any]]  # metrics.csv, one row per epoch
 
     @property
     def planned_epochs(self) -> int:
@@ -243,15 +243,15 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return len(self.rows) >= self.planned_epochs
+        return len(self.metrics) >= self.planned_epochs
 
     @property
     def final_acc(self) -> float:
-        return self.rows[-1]["test_acc"]
+        return self.metrics[-1]["test_acc"]
 
     @property
     def best_acc(self) -> float:
-        return max(r["test_acc"] for r in self.rows)
+        return max(r["test_acc"] for r in self.metrics)
 
     @property
     def collapsed(self) -> bool:
@@ -261,7 +261,7 @@ class Run:
     @property
     def elapsed(self) -> list[float]:
         """Cumulative training seconds (evaluation included) at the end of each epoch."""
-        return list(itertools.accumulate(r["seconds"] for r in self.rows))
+        return list(itertools.accumulate(r["seconds"] for r in self.metrics))
 
 
 def read_run(path: Path) -> Run:
@@ -290,7 +290,7 @@ def load_runs(folder: Path) -> tuple[dict[str, list[Run]], list[str]]:
     notes = []
     for path in paths:
         run = read_run(path)
-        if not run.rows:
+        if not run.metrics:
             notes.append(f"{path.name} has no finished epoch and is left out.")
             continue
         groups.setdefault(run.recipe.name, []).append(run)

@@ -148,7 +148,7 @@ def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
             raise CnnlabError(f"{folder.predictions_path} is not from the last epoch in "
                               f"metrics.csv (an interrupted run?); resume it with "
                               f"`cnnlab train --resume {folder.path}`")
-        return run.rows[-1]["epoch"], data, predicted
+        return run.metrics[-1]["epoch"], data, predicted
     predictor = Predictor.load(folder.checkpoint)
     data = test_set.head(predictor.recipe.limit_test)
     return predictor.epoch, data, predictor.logits(data.images).argmax(1)

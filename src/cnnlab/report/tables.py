@@ -66,8 +66,8 @@ def trained_as_study(runs: list[Run]) -> bool:
 
 
 def epochs_cell(runs: list[Run]) -> str:
-    cells = dict.fromkeys(str(len(r.rows)) if r.complete else
-                          f"{len(r.rows)} of {r.planned_epochs} (incomplete)" for r in runs)
+    cells = dict.fromkeys(str(len(r.metrics)) if r.complete else
+                          f"{len(r.metrics)} of {r.planned_epochs} (incomplete)" for r in runs)
     return ", ".join(cells)
 
 
@@ -87,7 +87,7 @@ def result_record(name: str, runs: list[Run]) -> dict[str, str]:
     study = runs[0].recipe.study.accuracy
     spec = runs[0].recipe.model
     model = None if is_user_code(spec.name) else create_model(spec.name, spec.args)
-    epochs = [row for r in runs for row in r.rows]
+    epochs = [row for r in runs for row in r.metrics]
     return {
         "recipe": name,
         "seeds": ", ".join(str(r.recipe.seed) for r in runs),
@@ -116,7 +116,7 @@ def study_best() -> float:
 
 def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
     """The first epoch whose test accuracy reaches `accuracy`, and the seconds until then."""
-    for row, seconds in zip(run.rows, run.elapsed, strict=True):
+    for row, seconds in zip(run.metrics, run.elapsed, strict=True):
         if row["test_acc"] >= accuracy:
             return row["epoch"], seconds
     return None

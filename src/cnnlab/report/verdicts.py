@@ -57,10 +57,10 @@ def run_notes(run: Run) -> list[str]:
         notes.append(f"{run.path.name} did not learn: final test accuracy "
                      f"{100 * run.final_acc:.2f}% where chance is "
                      f"{100 / len(CLASSES):.0f}% (final train loss "
-                     f"{run.rows[-1]['train_loss']:.3f}; ln 10 = 2.303). It counts in "
+                     f"{run.metrics[-1]['train_loss']:.3f}; ln 10 = 2.303). It counts in "
                      f"the means and spreads.")
     if not run.complete:
-        notes.append(f"{run.path.name} is incomplete: {len(run.rows)} of "
+        notes.append(f"{run.path.name} is incomplete: {len(run.metrics)} of "
                      f"{run.planned_epochs} epochs; its last finished epoch counts as final.")
     return notes
 
@@ -89,7 +89,7 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
 
 def volatility(run: Run) -> float | None:
     """How erratic the test loss is: std of its epoch-to-epoch changes."""
-    changes = np.diff([r["test_loss"] for r in run.rows])
+    changes = np.diff([r["test_loss"] for r in run.metrics])
     return sample_std(changes.tolist())
 
 
@@ -147,8 +147,8 @@ def collapse_text(groups: dict[str, list[Run]], present: list[str]) -> list[str]
 
 def chance_from(run: Run) -> int:
     """The first epoch of the run's final stretch at chance level."""
-    epoch = run.rows[-1]["epoch"]
-    for row in reversed(run.rows):
+    epoch = run.metrics[-1]["epoch"]
+    for row in reversed(run.metrics):
         if row["test_acc"] >= CHANCE_BAND:
             break
         epoch = row["epoch"]
