@@ -176,7 +176,8 @@ def train_first_steps(overrides: dict[str, object], seed: int, data: ImageSet, s
         torch.manual_seed(recipe.seed)
         model = prepare_model(create_model(recipe.model.name, recipe.model.args),
                               torch.device("cpu"), recipe.model.memory_format)
-        parts = build_parts(recipe, model, torch.device("cpu"), math.ceil(len(data) / 64))
+        steps_per_epoch = math.ceil(len(data) / recipe.batch_size)
+        parts = build_parts(recipe, model, torch.device("cpu"), steps_per_epoch)
         logger = recorder(model)
         train_one_epoch(parts, data, 1, loggers=[logger], max_steps=steps)
     return model, logger

@@ -22,7 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inference import Predictor
 from cnnlab.report import figures
 from cnnlab.report.document import Document
-from cnnlab.report.tables import results_table, study_best, time_table
+from cnnlab.report.tables import recorded, results_table, study_best, time_table
 from cnnlab.report.verdicts import ABLATION, ablation_text, more_seeds_text, results_notes
 from cnnlab.runs import Run, RunFolder, git_commit, load_runs
 
@@ -213,18 +213,15 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
 
 
 def environment_section(doc: Document, runs: list[Run], command: str) -> None:
-    def recorded(key: str) -> str:
-        return ", ".join(dict.fromkeys(str(r.info.get(key) or "unknown") for r in runs))
-
     started = sorted(str(r.info["started"]) for r in runs if r.info.get("started"))
     doc.heading(2, SECTIONS[5])
     doc.table(["", "this report", "training runs (as recorded)"], [
-        ["cnnlab", __version__, recorded("cnnlab")],
-        ["git commit", git_commit() or "unknown", recorded("git_commit")],
-        ["torch", torch.__version__, recorded("torch")],
-        ["device", "cpu", recorded("device")],
-        ["machine", machine_name(torch.device("cpu")), recorded("machine")],
-        ["threads", str(torch.get_num_threads()), recorded("threads")],
+        ["cnnlab", __version__, recorded(runs, "cnnlab", "unknown")],
+        ["git commit", git_commit() or "unknown", recorded(runs, "git_commit", "unknown")],
+        ["torch", torch.__version__, recorded(runs, "torch", "unknown")],
+        ["device", "cpu", recorded(runs, "device", "unknown")],
+        ["machine", machine_name(torch.device("cpu")), recorded(runs, "machine", "unknown")],
+        ["threads", str(torch.get_num_threads()), recorded(runs, "threads", "unknown")],
         ["date", datetime.now(timezone.utc).isoformat(timespec="seconds"),
          f"{started[0]} to {started[-1]}" if started else "unknown"],
     ])

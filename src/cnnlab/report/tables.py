@@ -72,8 +72,9 @@ def epochs_cell(runs: list[Run]) -> str:
 
 
 def recorded(runs: list[Run], key: str, missing: str) -> str:
-    """The distinct values the runs recorded in config.json under `key`, in order."""
-    return ", ".join(dict.fromkeys(str(r.info.get(key, missing)) for r in runs))
+    """The distinct values the runs recorded in config.json under `key`, in order; `missing`
+    stands for a run that recorded none (absent or null)."""
+    return ", ".join(dict.fromkeys(str(r.info.get(key) or missing) for r in runs))
 
 
 # --------------------------------------------------------------------------- results
