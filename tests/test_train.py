@@ -406,3 +406,28 @@ def test_a_run_records_whether_its_code_differs_from_the_commit(tmp_path, monkey
     outside = started("outside")
     assert outside["git_commit"] is None and outside["git_dirty"] is None
     assert "git_diff" not in outside
+
+
+def test_an_ema_with_warmup_follows_the_network_early_and_keeps_its_decay_later():
+    """After n updates the warmed-up average keeps min(decay, (1 + n) / (10 + n)) of itself;
+    without warm-up it keeps `decay` from the first update on (torch's EMA)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from cnnlab.parts import ema_update
+    from cnnlab.recipe import AverageSpec
+
+    def averaged_after(updates: int, warmup: bool) -> float:
+        model = torch.nn.Linear(1, 1, bias=False)
+        averaged = AveragedModel(model, multi_avg_fn=ema_update(
+            AverageSpec(name="ema", decay=0.99, warmup=warmup)))
+        for step in range(updates):
+            model.weight.data.fill_(float(step))  # the network's weight at step k is k
+            averaged.update_parameters(model)
+        return averaged.module.weight.item()
+
+    expected = 0.0
+    for n in range(1, 300):
+        expected = (keep := min(0.99, (1 + n) / (10 + n))) * expected + (1 - keep) * n
+    assert averaged_after(300, warmup=True) == pytest.approx(expected, rel=1e-5)
+    assert averaged_after(2, warmup=True) == pytest.approx(1 - 2 / 11)
+    assert averaged_after(2, warmup=False) == pytest.approx(0.01)

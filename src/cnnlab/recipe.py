@@ -127,6 +127,9 @@ class AverageSpec:
                     "saved in the checkpoint)", OneOf(("none", "ema")))
     decay: float = key(0.999, "ema: weight kept per step", FRACTION)
     start_epoch: int = key(1, "ema: first epoch whose steps update the average", AT_LEAST_ONE)
+    warmup: bool = key(False, "ema: after n updates keep min(decay, (1 + n) / (10 + n)) per "
+                       "step, so that early in a run the average follows the network instead "
+                       "of holding its initial weights")
 
 
 @dataclass
