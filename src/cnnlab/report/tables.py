@@ -123,6 +123,18 @@ def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
     return None
 
 
+def split_by_machine(groups: dict[str, list[Run]]
+                     ) -> dict[str | None, dict[str, list[Run]]]:
+    """The groups split by the machine each run recorded in config.json, machines in the order
+    they first appear, then None for the runs that recorded none (older folders): times from
+    different machines never share a mean."""
+    split: dict[str | None, dict[str, list[Run]]] = {}
+    for name, runs in groups.items():
+        for run in runs:
+            split.setdefault(run.info.get("machine") or None, {}).setdefault(name, []).append(run)
+    return dict(sorted(split.items(), key=lambda item: item[0] is None))
+
+
 def time_table(groups: dict[str, list[Run]], target: float) -> Table:
     records = []
     for name, runs in groups.items():
