@@ -213,8 +213,9 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
         devices = ", ".join(dict.fromkeys(f"{r.info.get('device', '?')} × "
                                           f"{r.info.get('threads', '?')} threads" for r in runs))
         doc.para(f"On {machine}: {len(runs)} run(s), {devices}." if machine else
-                 f"Machine not recorded: {len(runs)} run(s) from folders older than config.json's "
-                 f"`machine` field, {devices}; their times may come from different machines.")
+                 f"Machine not recorded: {len(runs)} run(s) from folders older than the machine "
+                 f"field of config.json, {devices}; their times may come from different "
+                 "machines.")
         doc.table(*time_table(on_machine, target))
     unrecorded = [f"{name} {sum(not r.info.get('machine') for r in runs)} of {len(runs)}"
                   for name, runs in groups.items() if any(not r.info.get("machine") for r in runs)]
