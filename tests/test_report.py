@@ -506,21 +506,26 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
 def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
     """One table per recorded machine, the runs that recorded none apart, and each mean
     taken within one machine only."""
-    for seed, minutes, machine in ((0, 1, "AMD EPYC"), (1, 2, "Intel Xeon"), (2, 4, None),
-                                   (3, 8, "AMD EPYC")):
+    for seed, minutes, machine, threads in ((0, 1, "AMD EPYC", 8), (1, 2, "Intel Xeon", 8),
+                                            (2, 4, None, 8), (3, 8, "AMD EPYC", 8),
+                                            (4, 16, "AMD EPYC", 1)):
         fake_run(tmp_path, "custom", seed, [0.90, 0.935], [0.4, 0.3])
         folder = tmp_path / "runs" / f"custom-seed{seed}"
         info = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**info, "machine": machine}))
+        (folder / "config.json").write_text(json.dumps({**info, "machine": machine,
+                                                        "threads": threads}))
         metrics = (folder / "metrics.csv").read_text().replace(",10.0,", f",{30 * minutes},")
         (folder / "metrics.csv").write_text(metrics)
     fake_run(tmp_path, "lenet", 0, [0.88, 0.90], [0.4, 0.3])
     build_report(tmp_path, tmp_path / "no-data-needed", "cnnlab report x")
     text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[4])
     tables = machine_tables(text)
-    assert [lead.split(":")[0] for lead in tables] == ["On AMD EPYC", "On Intel Xeon",
-                                                       "Machine not recorded"]
-    epyc, xeon, unknown = ({row["recipe"]: row for row in rows} for rows in tables.values())
+    assert [lead.split(":")[0] for lead in tables] == [
+        "On AMD EPYC, cuda × 8 threads", "On Intel Xeon, cuda × 8 threads",
+        "On AMD EPYC, cuda × 1 threads", "Machine not recorded"]
+    epyc, xeon, epyc_one_thread, unknown = ({row["recipe"]: row for row in rows}
+                                            for rows in tables.values())
+    assert epyc_one_thread["custom"]["training time per run (min)"] == "16.00"
     # 2 epochs of 30·m seconds each: m minutes a run
     assert epyc["custom"]["seeds"] == "2"
     assert epyc["custom"]["training time per run (min)"] == "4.50 ± 4.95 (1.00–8.00)"
@@ -529,7 +534,7 @@ def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
     assert list(unknown) == ["lenet", "custom"]  # the study's order
     assert unknown["custom"]["training time per run (min)"] == "4.00"
     assert unknown["custom"]["machine"] == "not recorded"
-    assert says(text, "did not record their machine", "lenet 1 of 1", "custom 1 of 4",
+    assert says(text, "did not record their machine", "lenet 1 of 1", "custom 1 of 5",
                 "listed apart")
 
 

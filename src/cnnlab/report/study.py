@@ -212,7 +212,7 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
         runs = [r for machine_runs in on_machine.values() for r in machine_runs]
         devices = ", ".join(dict.fromkeys(f"{r.info.get('device', '?')} × "
                                           f"{r.info.get('threads', '?')} threads" for r in runs))
-        doc.para(f"On {machine}: {len(runs)} run(s), {devices}." if machine else
+        doc.para(f"On {machine}: {len(runs)} run(s)." if machine else
                  f"Machine not recorded: {len(runs)} run(s) from folders older than the machine "
                  f"field of config.json, {devices}; their times may come from different "
                  "machines.")
