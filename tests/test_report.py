@@ -22,7 +22,8 @@ from cnnlab.loggers import Logger
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
 from cnnlab.report.study import SECTIONS, build_report
-from cnnlab.runs import RunFolder
+from cnnlab.runs import RunFolder, load_runs
+from cnnlab.stats import welch_interval
 from conftest import one_line_error, study_recipe, train_recipe
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -80,6 +81,13 @@ def parse_table(text: str) -> list[dict[str, str]]:
     lines = [line for line in text.splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
     return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
+
+
+def machine_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """Section 5's time tables, by the line that leads each: "On <machine>: …" or "Machine
+    not recorded: …"."""
+    parts = re.split(r"\n(On .+|Machine not recorded.+)\n", text)
+    return {parts[i]: parse_table(parts[i + 1]) for i in range(1, len(parts), 2)}
 
 
 def numbers(cell: str) -> list[float]:
@@ -216,6 +224,34 @@ def test_final_model_comes_from_the_first_seed_that_kept_one(study: Path, tmp_pa
     assert "predictions.csv is not from the last epoch in metrics.csv" in text
 
 
+def test_every_recipe_gets_its_final_model_or_the_command_that_adds_it(
+        tmp_path: Path, data_dir: Path) -> None:
+    """Section 4 uses each recipe's lowest seed that kept predictions.csv and names it; a
+    recipe none of whose folders kept one gets a sentence with the command for a new seed."""
+    from cnnlab.data import load_split
+
+    labels = load_split(data_dir, "test").labels[:100]
+    predicted = labels.clone()
+    predicted[:10] = (labels[:10] + 1) % 10
+    for seed in (0, 1, 2):
+        fake_run(tmp_path, "custom_nobn", seed, [0.5, 0.9], [0.5, 0.4])
+    for seed in (1, 2):
+        RunFolder(tmp_path / "runs" / f"custom_nobn-seed{seed}").write_predictions(labels,
+                                                                                   predicted)
+    fake_run(tmp_path, "custom", 0, [0.5, 0.9], [0.5, 0.4])
+    build_report(tmp_path, data_dir, COMMAND)
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[3])
+    nobn = text.split("### custom_nobn (custom_nobn-seed1)\n", 1)[1].split("\n### ", 1)[0]
+    assert "Model of seed 1 after epoch 2: 90 of 100 test images right (90.00%)" in nobn
+    assert "figures/confusion-custom_nobn.png" in nobn
+    assert "figures/misclassified-custom_nobn.png" in nobn
+    assert sum(int(row["right"]) for row in parse_table(nobn)) == 90
+    custom = text.split("### custom\n", 1)[1].split("\n### ", 1)[0]
+    assert says(custom, "No custom run folder has predictions.csv",
+                f"`cnnlab reproduce --runs custom --seeds 1 --out {tmp_path}`")
+    assert "seed0" not in text and "seed2" not in text
+
+
 # --------------------------------------------------------------------------- synthetic runs
 
 def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[float]) -> None:
@@ -238,7 +274,7 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     losses = {"custom": [[0.5, 0.4, 0.35, 0.3], [0.5, 0.42, 0.36, 0.31]],
               "custom_nobn": [[0.9, 0.5, 1.2, 0.6], [1.0, 0.4, 0.9, 0.7]],
               "custom_nobn_lr1e-3": [[0.6, 0.45, 0.4, 0.38]]}
-    final = {"custom": [0.930, 0.934], "custom_nobn": [0.860, 0.880],
+    final = {"custom": [0.930, 0.934], "custom_nobn": [0.866, 0.874],
              "custom_nobn_lr1e-3": [0.925]}
     for preset, runs in losses.items():
         for seed, loss in enumerate(runs):
@@ -250,15 +286,18 @@ def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
     assert out[2].split()[:3] == ["recipe", "seeds", "final"]  # the results table follows
     markdown = (tmp_path / "REPORT.md").read_text()
     text = " ".join(section(markdown, SECTIONS[2]).split())
-    assert says(text, "Best", "custom", "93.20%", "6.20 points above", "custom_nobn", "87.00%")
-    assert says(text, "0.70 points above", "custom_nobn_lr1e-3", "92.50%")
+    # custom minus custom_nobn: 93.20 − 87.00, Welch 95 % interval over two seeds each
+    diff, low, high, df = welch_interval([93.0, 93.4], [86.6, 87.4])
+    assert diff == pytest.approx(6.20) and low > 0
+    assert says(text, "custom 93.20% (2 runs) minus custom_nobn 87.00% (2 runs)",
+                "+6.20 points", f"95% interval {low:+.2f} to {high:+.2f}", f"df {df:.1f}",
+                f"custom is better by {low:.2f} to {high:.2f} points")
+    assert says(text, "custom 93.20% (2 runs) minus custom_nobn_lr1e-3 92.50% (1 run)",
+                "+0.70 points", "no interval", "custom_nobn_lr1e-3 has only one run")
     for preset, runs in losses.items():
         volatility = statistics.mean(np.diff(loss).std(ddof=1) for loss in runs)
         assert f"{preset} {volatility:.4f}" in text
     assert says(text, "custom_nobn", "more erratic", "custom")
-    # gap 6.20 vs the larger seed std: custom_nobn's 1.41 points
-    assert says(text, "custom_nobn", "6.20 points", "exceeds", "1.41 points")
-    assert says(text, "custom_nobn_lr1e-3", "cannot be judged", "one seed")
     assert (tmp_path / "figures" / "bn-ablation.png").read_bytes().startswith(PNG)
     assert says(markdown, "custom", "predictions.csv", "last.pt", "skipped",
                 f"`cnnlab reproduce --runs custom --seeds 2 --out {tmp_path}`")
@@ -287,7 +326,6 @@ def as_long_as_the_study(preset: str, final: float) -> tuple[list[float], list[f
 def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path) -> None:
     from cnnlab.report.tables import results_table
     from cnnlab.report.verdicts import results_notes
-    from cnnlab.runs import load_runs
 
     fake_run(tmp_path, "lenet", 0, *as_long_as_the_study("lenet", 0.905))  # vs 89.9: within ±1
     fake_run(tmp_path, "custom", 0, *as_long_as_the_study("custom", 0.922))  # vs 93.3: outside
@@ -306,7 +344,6 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
 
 def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     from cnnlab.report.verdicts import ablation_text, results_notes
-    from cnnlab.runs import load_runs
 
     fake_run(tmp_path, "custom", 0, [0.90, 0.91, 0.93], [0.4, 0.35, 0.3])
     fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.85, 0.88], [0.5, 0.9, 0.4])
@@ -318,12 +355,64 @@ def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     assert not any("custom_nobn-seed0 did not learn" in n or "custom-seed0 did not" in n
                    for n in notes)
     text = " ".join(ablation_text(groups))
-    assert "custom_nobn (49.00%)" in text  # the mean still includes the collapsed run
+    # the accuracy comparison is over the runs that learned: the collapsed run is left out
+    assert says(text, "over the runs that learned", "custom 93.00% (1 run) minus custom_nobn "
+                "88.00% (1 run) is +5.00 points", "no interval")
     # volatility from the run that learned only: the collapsed run's flat loss is left out
     assert f"custom_nobn {np.diff([0.5, 0.9, 0.4]).std(ddof=1):.4f}" in text
     assert says(text, "1 of 2 custom_nobn runs did not learn", "custom_nobn-seed1",
                 "epoch 1", "50%", "9–91%", "88.00%")
     assert says(text, "0 of 1 custom runs did not learn", "0%", "0–79%", "93.00%")
+
+
+def test_accuracy_verdicts_are_worded_from_the_welch_interval() -> None:
+    """An interval clear of 0 reads as a lead of so many to so many points; one that holds 0
+    reads as no difference these seeds resolve, however large the gap of the means."""
+    from cnnlab.report.verdicts import difference_verdict
+
+    learned = {"custom": [92.5, 92.7, 92.9], "custom_nobn": [88.0, 88.5, 89.0],
+               "custom_nobn_lr1e-3": [92.4, 92.8, 92.6], "wild": [80.0, 99.0]}
+    _, low, high, _ = welch_interval(learned["custom"], learned["custom_nobn"])
+    assert says(difference_verdict("custom", "custom_nobn", learned), "+4.20 points",
+                f"{low:+.2f} to {high:+.2f}", f"custom is better by {low:.2f} to {high:.2f}")
+    assert says(difference_verdict("custom_nobn", "custom", learned), "-4.20 points",
+                f"custom_nobn is worse by {low:.2f} to {high:.2f} points")
+    for other in ("custom_nobn_lr1e-3", "wild"):
+        verdict = difference_verdict("custom", other, learned)
+        assert says(verdict, "95% interval -", "to +", "no difference this many seeds can "
+                    "resolve") and "better" not in verdict and "worse" not in verdict
+    assert says(difference_verdict("custom", "none", {**learned, "none": []}),
+                "cannot be compared", "no none run learned")
+
+
+def test_ablation_figure_draws_every_seed_and_sets_collapsed_runs_apart(tmp_path: Path) -> None:
+    """No mean curve through a recipe whose seeds split: one line per seed and panel,
+    dashed for the runs that collapsed, and a legend that says which is which."""
+    from cnnlab.report.figures import ablation_figure
+
+    fake_run(tmp_path, "custom", 0, [0.90, 0.91, 0.93], [0.4, 0.35, 0.3])
+    fake_run(tmp_path, "custom", 1, [0.90, 0.92, 0.93], [0.4, 0.33, 0.3])
+    fake_run(tmp_path, "custom_nobn", 0, [0.80, 0.85, 0.88], [0.5, 0.9, 0.4])
+    fake_run(tmp_path, "custom_nobn", 1, [0.10, 0.10, 0.10], [2.303, 2.3031, 2.303])
+    fake_run(tmp_path, "custom_nobn", 2, [0.82, 0.10, 0.10], [0.6, 2.303, 2.303])
+    fig = ablation_figure(load_runs(tmp_path)[0])
+    loss_ax, acc_ax = fig.axes
+    acc = [[0.90, 0.91, 0.93], [0.90, 0.92, 0.93], [0.80, 0.85, 0.88], [0.10, 0.10, 0.10],
+           [0.82, 0.10, 0.10]]
+    loss = [[0.4, 0.35, 0.3], [0.4, 0.33, 0.3], [0.5, 0.9, 0.4], [2.303, 2.3031, 2.303],
+            [0.6, 2.303, 2.303]]
+    for ax, curves in ((loss_ax, loss), (acc_ax, [[100 * a for a in c] for c in acc])):
+        def drawn(lines) -> list[list[float]]:
+            return sorted([round(float(y), 6) for y in line.get_ydata()] for line in lines)
+
+        expected = [[round(y, 6) for y in c] for c in curves]
+        assert len(ax.get_lines()) == 5  # one per seed, no mean
+        assert drawn(ax.get_lines()) == sorted(expected)
+        dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert drawn(dashed) == sorted(expected[3:])  # the collapsed seeds 1 and 2
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "custom: 2 seeds", "custom_nobn: 1 seed that learned",
+            "custom_nobn: 2 seeds collapsed to chance"]
 
 
 def test_more_seeds_join_the_ablation_section(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -409,8 +498,44 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
     assert rows["lenet"]["time to reach it (min)"] == "never"
     assert rows["lenet"]["training time per run (min)"] == "0.33"
     assert rows["lenet"]["machine"] == "not recorded"
-    assert "these ran on: cuda × 8 threads" in text
+    assert says(text, "Machine not recorded: 3 run(s)", "cuda × 8 threads")
+    assert says(text, "did not record their machine", "lenet 1 of 1, custom 2 of 2")
     assert (tmp_path / "figures" / "time-to-accuracy.png").stat().st_size > 10_000
+
+
+def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
+    """One table per recorded machine, the runs that recorded none apart, and each mean
+    taken within one machine only."""
+    for seed, minutes, machine, threads in ((0, 1, "AMD EPYC", 8), (1, 2, "Intel Xeon", 8),
+                                            (2, 4, None, 8), (3, 8, "AMD EPYC", 8),
+                                            (4, 16, "AMD EPYC", 1)):
+        fake_run(tmp_path, "custom", seed, [0.90, 0.935], [0.4, 0.3])
+        folder = tmp_path / "runs" / f"custom-seed{seed}"
+        info = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**info, "machine": machine,
+                                                        "threads": threads}))
+        metrics = (folder / "metrics.csv").read_text().replace(",10.0,", f",{30 * minutes},")
+        (folder / "metrics.csv").write_text(metrics)
+    fake_run(tmp_path, "lenet", 0, [0.88, 0.90], [0.4, 0.3])
+    build_report(tmp_path, tmp_path / "no-data-needed", "cnnlab report x")
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[4])
+    tables = machine_tables(text)
+    assert [lead.split(":")[0] for lead in tables] == [
+        "On AMD EPYC, cuda × 8 threads", "On Intel Xeon, cuda × 8 threads",
+        "On AMD EPYC, cuda × 1 threads", "Machine not recorded"]
+    epyc, xeon, epyc_one_thread, unknown = ({row["recipe"]: row for row in rows}
+                                            for rows in tables.values())
+    assert epyc_one_thread["custom"]["training time per run (min)"] == "16.00"
+    # 2 epochs of 30·m seconds each: m minutes a run
+    assert epyc["custom"]["seeds"] == "2"
+    assert epyc["custom"]["training time per run (min)"] == "4.50 ± 4.95 (1.00–8.00)"
+    assert epyc["custom"]["time to reach it (min)"] == "4.50 ± 4.95 (1.00–8.00)"
+    assert xeon["custom"]["training time per run (min)"] == "2.00"
+    assert list(unknown) == ["lenet", "custom"]  # the study's order
+    assert unknown["custom"]["training time per run (min)"] == "4.00"
+    assert unknown["custom"]["machine"] == "not recorded"
+    assert says(text, "did not record their machine", "lenet 1 of 1", "custom 1 of 5",
+                "listed apart")
 
 
 def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -426,10 +551,11 @@ def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkey
     assert main(["report", str(recipes), "--time-runs", str(study)]) == 0
     capsys.readouterr()
     markdown = (recipes / "REPORT.md").read_text()
-    rows = {row["recipe"]: row for row in parse_table(section(markdown, SECTIONS[4]))}
-    assert list(rows) == ["custom", "lenet", f"custom ({study})"]
-    assert rows[f"custom ({study})"]["first epoch"] == "3"
-    assert rows["lenet"]["machine"] == "AMD EPYC"
+    epyc, unknown = machine_tables(section(markdown, SECTIONS[4])).values()
+    assert [row["recipe"] for row in epyc] == ["lenet"]
+    assert epyc[0]["machine"] == "AMD EPYC"
+    assert [row["recipe"] for row in unknown] == ["custom", f"custom ({study})"]
+    assert unknown[1]["first epoch"] == "3"
     assert [row["recipe"] for row in parse_table(section(markdown, SECTIONS[0]))] == ["custom"]
 
 

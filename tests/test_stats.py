@@ -1,10 +1,20 @@
-"""The exact tests and intervals against published reference values."""
+"""The exact tests, intervals and Student's t against published reference values."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from cnnlab.stats import fisher_exact, mcnemar_exact, newcombe_interval, wilson_interval
+from cnnlab.stats import (
+    fisher_exact,
+    mcnemar_exact,
+    newcombe_interval,
+    student_t_cdf,
+    student_t_quantile,
+    welch_interval,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_reference_values() -> None:
@@ -31,3 +41,41 @@ def test_mcnemar_exact_is_a_binomial_test_at_one_half() -> None:
     assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
     assert mcnemar_exact(1, 1) == 1.0
     assert mcnemar_exact(0, 0) == 1.0
+
+
+@pytest.mark.parametrize(("df", "quantile"), [(1, 12.706), (2, 4.303), (5, 2.571),
+                                              (10, 2.228), (30, 2.042)])
+def test_student_t_quantile_matches_the_t_table(df: int, quantile: float) -> None:
+    # Two-sided 95 % critical values of Student's t, as printed in any t table (e.g. NIST/
+    # SEMATECH e-Handbook of Statistical Methods, section 1.3.6.7.2), to three decimals.
+    assert student_t_quantile(0.975, df) == pytest.approx(quantile, abs=5e-4)
+    assert student_t_quantile(0.025, df) == pytest.approx(-quantile, abs=5e-4)
+
+
+def test_student_t_at_one_degree_of_freedom_is_the_cauchy_distribution() -> None:
+    # t with 1 degree of freedom is Cauchy: P(T ≤ t) = 1/2 + atan(t)/π, exactly.
+    for t in (-3.0, -0.5, 0.0, 0.7, 12.706):
+        assert student_t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+    assert student_t_quantile(0.995, 5) == pytest.approx(4.032, abs=5e-4)
+
+
+def test_welch_interval_matches_rs_t_test() -> None:
+    # R's t.test(ts1, ts2) (Welch by default), as quoted on Cross Validated: t = −1.8325,
+    # df = 17.9, 95 % interval −2.1469104 to 0.1469104, means 10.4 and 11.4.
+    ts1 = [11, 9, 10, 11, 10, 12, 9, 11, 12, 9]
+    ts2 = [11, 13, 10, 13, 12, 9, 11, 12, 12, 11]
+    diff, low, high, df = welch_interval(ts1, ts2)
+    assert diff == pytest.approx(-1.0)
+    assert (low, high) == pytest.approx((-2.1469104, 0.1469104), abs=1e-6)
+    assert df == pytest.approx(17.9, abs=0.05)
+    # swapping the groups mirrors the interval
+    assert welch_interval(ts2, ts1)[:3] == pytest.approx((1.0, -0.1469104, 2.1469104), abs=1e-6)
+    # a wider confidence, a wider interval
+    assert welch_interval(ts1, ts2, confidence=0.99).low < low
+
+
+def test_welch_interval_needs_two_values_a_group() -> None:
+    assert welch_interval([0.93], [0.88, 0.87]) is None
+    assert welch_interval([0.93, 0.92], []) is None
+    # two constant groups: no spread, the difference is exact
+    assert welch_interval([2.0, 2.0], [1.0, 1.0])[:3] == (1.0, 1.0, 1.0)

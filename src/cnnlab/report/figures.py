@@ -107,15 +107,33 @@ def accuracy_figure(groups: dict[str, list[Run]]) -> Figure:
 
 def ablation_figure(groups: dict[str, list[Run]]) -> Figure:
     """Test loss and test accuracy of the BatchNorm ablation's recipes (`groups` holds only
-    those), side by side."""
+    those), side by side: every seed its own thin line, since a recipe's seeds may split
+    between runs that learned and runs that collapsed, whose mean no run followed. Collapsed
+    runs are dashed and faint."""
     fig = Figure(figsize=(11, 4.2), dpi=110, layout="tight")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for name, runs in groups.items():
-        band(loss_ax, runs, "test_loss", name)
-        band(acc_ax, runs, "test_acc", name, scale=100)
-    finish(loss_ax, "BatchNorm ablation: test loss", "cross-entropy loss")
-    finish(acc_ax, "BatchNorm ablation: test accuracy", "test accuracy (%)")
+    for i, (name, runs) in enumerate(groups.items()):
+        for ax, key, scale in ((loss_ax, "test_loss", 1), (acc_ax, "test_acc", 100)):
+            seed_lines(ax, name, runs, key, scale, color=f"C{i % 10}")
+    finish(loss_ax, "BatchNorm ablation: test loss (one line per seed)", "cross-entropy loss")
+    finish(acc_ax, "BatchNorm ablation: test accuracy (one line per seed)", "test accuracy (%)")
     return fig
+
+
+def seed_lines(ax: Axes, name: str, runs: list[Run], key: str, scale: float,
+               color: str) -> None:
+    """One thin line per seed in the recipe's colour, solid for runs that learned and dashed
+    for runs that collapsed to chance; the legend names each kind once, with its count."""
+    split = any(r.collapsed for r in runs) and not all(r.collapsed for r in runs)
+    for collapsed, style, alpha in ((False, "-", 0.9), (True, "--", 0.45)):
+        chosen = [r for r in runs if r.collapsed == collapsed]
+        kind = " collapsed to chance" if collapsed else " that learned" if split else ""
+        for k, run in enumerate(chosen):
+            label = f"{name}: {len(chosen)} seed{'s' * (len(chosen) > 1)}{kind}" if k == 0 \
+                else None
+            ax.plot([row["epoch"] for row in run.metrics],
+                    [scale * row[key] for row in run.metrics], style, color=color, lw=1,
+                    marker="o", ms=2, alpha=alpha, label=label)
 
 
 def confusion_figure(title: str, matrix: np.ndarray) -> Figure:

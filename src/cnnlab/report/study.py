@@ -22,7 +22,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inference import Predictor
 from cnnlab.report import figures
 from cnnlab.report.document import Document
-from cnnlab.report.tables import recorded, results_table, study_best, time_table
+from cnnlab.report.tables import recorded, results_table, split_by_machine, study_best, time_table
 from cnnlab.report.verdicts import ABLATION, ablation_text, more_seeds_text, results_notes
 from cnnlab.runs import Run, RunFolder, git_commit, load_runs
 
@@ -93,7 +93,8 @@ def ablation_section(doc: Document, groups: dict[str, list[Run]],
     ablation = {name: groups[name] for name in ABLATION if name in groups}
     if len(ablation) >= 2:
         doc.figure("bn-ablation.png", figures.ablation_figure(ablation),
-                   "BatchNorm ablation: test loss and test accuracy per epoch")
+                   "BatchNorm ablation: test loss and test accuracy per epoch, one line per "
+                   "seed (runs that collapsed to chance dashed)")
     for text in paragraphs:
         doc.para(text)
     for head, *rates in more_seeds:
@@ -102,10 +103,11 @@ def ablation_section(doc: Document, groups: dict[str, list[Run]],
 
 
 def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path) -> None:
-    """Confusion matrix, per-class accuracy and misclassified images of each first seed."""
+    """Confusion matrix, per-class accuracy and misclassified images of each recipe's lowest
+    seed that kept its final model's answers; a recipe none of whose folders did says so."""
     doc.heading(2, SECTIONS[3])
     doc.para("For each recipe, the model after the last epoch (its weight average when the "
-             "recipe keeps one) of the first seed whose folder kept it: from the run's "
+             "recipe keeps one) of the lowest seed whose folder kept it: from the run's "
              "predictions.csv, or from its last.pt for runs that predate that file.")
     test_set: ImageSet | None = None
     for recipe, runs in groups.items():
@@ -128,7 +130,8 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
         except CnnlabError as e:
             doc.para(f"Skipped: {e}")
             continue
-        final_model_part(doc, recipe, epoch, data, predicted)
+        final_model_part(doc, recipe, f"Model of seed {run.recipe.seed} after epoch {epoch}",
+                         data, predicted)
 
 
 def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
@@ -154,12 +157,13 @@ def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
     return predictor.epoch, data, predictor.logits(data.images).argmax(1)
 
 
-def final_model_part(doc: Document, recipe: str, epoch: int, data: ImageSet,
+def final_model_part(doc: Document, recipe: str, model: str, data: ImageSet,
                      predicted: torch.Tensor) -> None:
-    """One recipe's final model: its score, confusion matrix, per-class table and mistakes."""
+    """One recipe's final model (`model` says which): its score, confusion matrix,
+    per-class table and mistakes."""
     matrix = confusion(data.labels, predicted)
     correct = int(np.trace(matrix))
-    doc.para(f"Model after epoch {epoch}: {correct:,} of {len(data):,} test "
+    doc.para(f"{model}: {correct:,} of {len(data):,} test "
              f"images right ({100 * correct / len(data):.2f}%).")
     doc.figure(f"confusion-{recipe}.png", figures.confusion_figure(
         f"{recipe}: confusion matrix ({len(data):,} test images)", matrix),
@@ -198,18 +202,31 @@ def per_class_rows(matrix: np.ndarray) -> list[list[str]]:
 
 
 def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
+    """Time to the study's best accuracy, one table per machine the runs recorded: times
+    compare only within a machine, so runs that recorded none are listed apart."""
     target = study_best()
     doc.heading(2, SECTIONS[4])
     doc.figure("time-to-accuracy.png", figures.time_figure(groups, target),
                "Test accuracy against cumulative training time, every seed (axis from 85%)")
-    doc.table(*time_table(groups, target))
-    devices = ", ".join(dict.fromkeys(f"{r.info.get('device', '?')} × "
-                                      f"{r.info.get('threads', '?')} threads"
-                                      for runs in groups.values() for r in runs))
+    for machine, on_machine in split_by_machine(groups).items():
+        runs = [r for machine_runs in on_machine.values() for r in machine_runs]
+        devices = ", ".join(dict.fromkeys(f"{r.info.get('device', '?')} × "
+                                          f"{r.info.get('threads', '?')} threads" for r in runs))
+        doc.para(f"On {machine}: {len(runs)} run(s)." if machine else
+                 f"Machine not recorded: {len(runs)} run(s) from folders older than the machine "
+                 f"field of config.json, {devices}; their times may come from different "
+                 "machines.")
+        doc.table(*time_table(on_machine, target))
+    unrecorded = [f"{name} {sum(not r.info.get('machine') for r in runs)} of {len(runs)}"
+                  for name, runs in groups.items() if any(not r.info.get("machine") for r in runs)]
     doc.para(f"Time is the sum of metrics.csv's seconds up to the epoch that first reached "
              f"{100 * target:.1f}% test accuracy (training and per-epoch evaluation; the "
              "test curve is read here, never used to choose a recipe). Times compare only "
-             f"between runs on the same machine; these ran on: {devices}.")
+             "between runs on the same machine, so each table holds one machine's runs; the "
+             "figure draws every run."
+             + (" Run folders that did not record their machine, per recipe: "
+                f"{', '.join(unrecorded)}; their times are listed apart and averaged with no "
+                "other run's." if unrecorded else ""))
 
 
 def environment_section(doc: Document, runs: list[Run], command: str) -> None:

@@ -123,6 +123,22 @@ def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
     return None
 
 
+def split_by_machine(groups: dict[str, list[Run]]
+                     ) -> dict[str | None, dict[str, list[Run]]]:
+    """The groups split by where each run recorded in config.json that it ran (machine,
+    device and threads: one CPU's time with 1 thread is not its time with 2), in the order
+    they first appear, then None for the runs that recorded no machine (older folders):
+    times from different machines never share a mean."""
+    split: dict[str | None, dict[str, list[Run]]] = {}
+    for name, runs in groups.items():
+        for run in runs:
+            info = run.info
+            where = (f"{info['machine']}, {info.get('device', '?')} × "
+                     f"{info.get('threads', '?')} threads") if info.get("machine") else None
+            split.setdefault(where, {}).setdefault(name, []).append(run)
+    return dict(sorted(split.items(), key=lambda item: item[0] is None))
+
+
 def time_table(groups: dict[str, list[Run]], target: float) -> Table:
     records = []
     for name, runs in groups.items():

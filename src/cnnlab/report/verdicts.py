@@ -14,7 +14,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.recipe import STUDY_ORDER, Recipe, builtin, changed_settings, list_builtin
 from cnnlab.report.tables import mean_final, trained_as_study
 from cnnlab.runs import CHANCE_BAND, Run, load_runs
-from cnnlab.stats import sample_std, wilson_interval
+from cnnlab.stats import sample_std, welch_interval, wilson_interval
 
 ABLATION = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
 
@@ -74,17 +74,53 @@ def ablation_text(groups: dict[str, list[Run]]) -> list[str]:
         return [f"Comparison skipped: needs at least two of {', '.join(ABLATION)}; "
                 f"this study has {', '.join(present) or 'none'}."] + collapse_text(groups,
                                                                                    present)
-    means = {name: mean_final(groups[name]) for name in present}
-    best = max(present, key=means.get)
-    others = [name for name in present if name != best]
-    gaps = ", ".join(f"{100 * (means[best] - means[o]):.2f} points above {o} "
-                     f"({100 * means[o]:.2f}%)" for o in others)
-    return ([f"Best final test accuracy: {best} with {100 * means[best]:.2f}% "
-             f"(mean over {len(groups[best])} seed(s)), {gaps}.",
-             volatility_text(groups, present),
-             "Gap versus seed-to-seed spread: "
-             + "; ".join(gap_verdict(groups, best, o, means) for o in others) + "."]
+    return ([difference_text(groups, present), volatility_text(groups, present)]
             + collapse_text(groups, present))
+
+
+def difference_text(groups: dict[str, list[Run]], present: list[str]) -> str:
+    """custom's final accuracy minus each no-BN recipe's, over the runs that learned, with a
+    95 % Welch interval over seeds. A collapsed run ends at chance whatever the recipe, so
+    averaging it in would restate the collapse rate (reported apart, with its own interval)
+    and give a mean that no run reached."""
+    if "custom" not in present:
+        return ("The accuracy comparison needs custom (the network with BatchNorm) beside the "
+                "recipes without it; this study has no custom run.")
+    learned = {name: [100 * r.final_acc for r in groups[name] if not r.collapsed]
+               for name in present}
+    verdicts = [difference_verdict("custom", other, learned)
+                for other in present if other != "custom"]
+    return ("Final test accuracy with BatchNorm minus without, over the runs that learned "
+            "(the collapsed runs are left out here and counted in the collapse rates below), "
+            "with a 95% Welch interval over seeds: " + "; ".join(verdicts) + ".")
+
+
+def difference_verdict(base: str, other: str, learned: dict[str, list[float]]) -> str:
+    """One comparison, worded from its interval: a lead the interval bounds away from 0,
+    or no difference that these seeds can resolve."""
+    a, b = learned[base], learned[other]
+    if not a or not b:
+        return (f"{base} against {other} cannot be compared: "
+                f"no {base if not a else other} run learned")
+    means = (f"{base} {statistics.mean(a):.2f}% ({runs_count(a)}) minus {other} "
+             f"{statistics.mean(b):.2f}% ({runs_count(b)}) is "
+             f"{statistics.mean(a) - statistics.mean(b):+.2f} points")
+    interval = welch_interval(a, b)
+    if interval is None:
+        return (f"{means}, with no interval: {base if len(a) < 2 else other} has only one run "
+                "that learned, and an interval needs two of each")
+    diff, low, high, df = interval
+    if low > 0:
+        verdict = f"{base} is better by {low:.2f} to {high:.2f} points"
+    elif high < 0:
+        verdict = f"{base} is worse by {-high:.2f} to {-low:.2f} points"
+    else:
+        verdict = "no difference this many seeds can resolve"
+    return f"{means} (95% interval {low:+.2f} to {high:+.2f}; Welch df {df:.1f}): {verdict}"
+
+
+def runs_count(values: list[float]) -> str:
+    return f"{len(values)} run{'s' * (len(values) != 1)}"
 
 
 def volatility(run: Run) -> float | None:
@@ -112,19 +148,6 @@ def volatility_text(groups: dict[str, list[Run]], present: list[str]) -> str:
                 for name, v in vol.items() if name != "custom" and v is not None] if base else []
     return " ".join([sentence, "; ".join(verdicts) + "." if verdicts else
                      "A comparison with BatchNorm needs custom with 3 or more epochs."])
-
-
-def gap_verdict(groups: dict[str, list[Run]], best: str, other: str,
-                means: dict[str, float]) -> str:
-    """Whether the best recipe's lead over `other` exceeds the seed-to-seed spread."""
-    if len(groups[best]) < 2 or len(groups[other]) < 2:
-        return (f"against {other} it cannot be judged: "
-                f"{best if len(groups[best]) < 2 else other} has only one seed")
-    seed_std = 100 * max(sample_std([r.final_acc for r in groups[n]]) for n in (best, other))
-    gap = 100 * (means[best] - means[other])
-    return (f"against {other} the gap of {gap:.2f} points "
-            f"{'exceeds' if gap > seed_std else 'does not exceed'} the larger "
-            f"seed-to-seed std ({seed_std:.2f} points)")
 
 
 def collapse_text(groups: dict[str, list[Run]], present: list[str]) -> list[str]:
