@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"runs", "checkpoint", "loggers", "report", "report.figures", "report.document"},
     {"inference"},
     {"train"},
-    {"export", "serve", "bench", "reproduce", "report.tables", "report.verdicts",
+    {"export", "serve", "serve_guard", "bench", "reproduce", "report.tables", "report.verdicts",
      "report.study", "report.search"},
     {"sweep", "cli_common"},
     {"commands"},

@@ -20,7 +20,8 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
-from cnnlab.serve import MAX_BODY_BYTES, create_app
+from cnnlab.serve import create_app
+from cnnlab.serve_guard import Limits
 from experiments.serve.loadtest import load_test
 
 
@@ -98,7 +99,7 @@ def bomb() -> bytes:
 
 
 @pytest.mark.parametrize("request_args, status, message", [
-    ({"content": b"x" * (MAX_BODY_BYTES + 1), "headers": {"content-type": "image/png"}},
+    ({"content": b"x" * (Limits().body_bytes + 1), "headers": {"content-type": "image/png"}},
      413, "over the limit"),
     ({"content": bomb(), "headers": {"content-type": "image/png"}}, 413, "too large"),
     ({"content": png(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy())[:400],
@@ -134,13 +135,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(run_dir: Path, data_dir: Path, runtime: str = "auto") -> Iterator[str]:
-    """`cnnlab serve` in a subprocess on a free loopback port; yields its base URL once it
-    answers /healthz, and stops it afterwards."""
+def served(run_dir: Path, data_dir: Path, runtime: str = "auto",
+           options: tuple[str, ...] = ()) -> Iterator[str]:
+    """`cnnlab serve` (with more `options`) in a subprocess on a free loopback port; yields
+    its base URL once it answers /healthz, and stops it afterwards."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
                                "--port", str(port), "--data-dir", str(data_dir),
-                               "--runtime", runtime], stderr=subprocess.PIPE, text=True)
+                               "--runtime", runtime, *options], stderr=subprocess.PIPE,
+                              text=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60

@@ -132,6 +132,14 @@ def add_serve(sub: Commands, parents: Parents) -> None:
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="auto: onnxruntime when installed (measured faster), else torch")
+    p.add_argument("--token", help="the token API requests must carry (Authorization: Bearer "
+                   "TOKEN); default $CNNLAB_SERVE_TOKEN, else none on loopback and a new random "
+                   "one, printed with the URL, on any other address")
+    p.add_argument("--no-auth", action="store_true", help="serve another address with no "
+                   "token: anyone who can reach the port may use the API")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one bound on clients, e.g. --limit queue=64 (repeatable; "
+                   "the limits and their defaults: docs/export-serve.md)")
     p.set_defaults(run=commands.cmd_serve)
 
 

@@ -164,6 +164,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import uvicorn  # noqa: F401
 
         from cnnlab.serve import serve
+        from cnnlab.serve_guard import Limits, choose_token
     except ImportError:
         raise CnnlabError("cnnlab serve needs FastAPI, uvicorn and python-multipart: "
                           "pip install 'cnnlab[serve]'") from None
@@ -172,16 +173,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         raise CnnlabError(f"--host {args.host!r} is not an IP address or localhost") from None
-    if not loopback:
-        print(f"cnnlab: warning: serving on {args.host}, reachable from other machines; "
-              "the API has no authentication", file=sys.stderr)
     if not 0 < args.port < 65536:
         raise CnnlabError(f"--port must be between 1 and 65535 (got {args.port})")
+    limits = Limits().with_overrides(args.limit)
+    token, generated = choose_token(args.token, args.no_auth, loopback)
+    if token is None and not loopback:
+        print(f"cnnlab: warning: serving on {args.host} with --no-auth: anyone who can reach "
+              f"port {args.port} may use the API", file=sys.stderr)
     data_dir = resolve_data_dir(args.data_dir)
     samples = None if missing_files(data_dir) else load_split(data_dir, "test")
-    print(f"serving {args.source} on http://{args.host}:{args.port}/ (API docs at /docs); "
-          "Ctrl-C stops", file=sys.stderr, flush=True)
-    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime)
+    url = f"http://{args.host}:{args.port}/"
+    where = f"{url}?token={token}" if generated else url
+    needs = ("" if token is None or generated
+             else "; the API needs your token (open the page at /?token=TOKEN)")
+    print(f"serving {args.source} on {where} (API docs at /docs){needs}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime,
+          token, limits)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
