@@ -3,10 +3,6 @@ test on loopback, and the page."""
 
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +18,7 @@ from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
 from cnnlab.serve import create_app
 from cnnlab.serve_guard import Limits
-from experiments.serve.loadtest import load_test
+from experiments.serve.loadtest import load_test, running_server
 
 
 @pytest.fixture(scope="module")
@@ -128,36 +124,12 @@ def test_bad_query_and_unknown_sample(client, test_set):
     assert client.get("/v1/samples/999").status_code == 404
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def served(run_dir: Path, data_dir: Path, runtime: str = "auto",
            options: tuple[str, ...] = ()) -> Iterator[str]:
-    """`cnnlab serve` (with more `options`) in a subprocess on a free loopback port; yields
-    its base URL once it answers /healthz, and stops it afterwards."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
-                               "--port", str(port), "--data-dir", str(data_dir),
-                               "--runtime", runtime, *options], stderr=subprocess.PIPE,
-                              text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.2)
+    """`cnnlab serve` (with more `options`) on a free loopback port: its base URL."""
+    with running_server(run_dir, data_dir, runtime, options) as (base, _):
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.server
@@ -188,8 +160,10 @@ def test_binding_another_address_warns(capsys, run_dir):
 @pytest.mark.server
 @pytest.mark.browser
 def test_the_page_in_a_real_browser(run_dir, synthetic_dir, test_set, tmp_path):
-    """Headless Debian chromium driven by Selenium: load the page, upload a test-set image,
-    read the predicted class from the page; a screenshot is kept as a test artifact."""
+    """Headless Debian chromium driven by Selenium, on a server that needs a token: open the
+    page with the token in its URL (taken out of the address bar, sent with every API call),
+    upload a test-set image, read the predicted class from the page; a screenshot is kept
+    as a test artifact."""
     import shutil
 
     from selenium import webdriver
@@ -213,12 +187,13 @@ def test_the_page_in_a_real_browser(run_dir, synthetic_dir, test_set, tmp_path):
                  "--window-size=1100,800"):
         options.add_argument(flag)
     browser = None
-    with served(run_dir, synthetic_dir) as base:
+    with served(run_dir, synthetic_dir, options=("--token", "page-token")) as base:
         try:
             browser = webdriver.Chrome(service=Service(chromedriver), options=options)
             wait = WebDriverWait(browser, 30)
-            browser.get(f"{base}/")
+            browser.get(f"{base}/?token=page-token")
             wait.until(lambda b: "epoch" in b.find_element(By.ID, "model").text)
+            assert browser.current_url == f"{base}/"
             browser.find_element(By.ID, "file").send_keys(str(picture))
             wait.until(lambda b: b.find_element(By.ID, "top1").text != "—")
             assert browser.find_element(By.ID, "top1").text == expected

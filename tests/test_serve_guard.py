@@ -264,3 +264,17 @@ def test_a_real_server_caps_open_connections(synthetic_run, synthetic_dir):
         finally:
             for s in idle:
                 s.close()
+
+
+def test_the_limits_table_in_the_docs_is_the_code():
+    import dataclasses
+    import re
+
+    page = (Path(__file__).parents[1] / "docs" / "export-serve.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", page, re.MULTILINE))
+    for f in dataclasses.fields(Limits):
+        default = ("the number of cores" if f.name == "threads"
+                   else f"{f.default:,}" if isinstance(f.default, int) else f"{f.default:g}")
+        assert rows.pop(f.name) == default, f.name
+        assert f"| {f.metadata['unit']} | {f.metadata['doc'].split(' (default')[0]} |" in page
+    assert rows == {}
