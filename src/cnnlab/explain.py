@@ -13,13 +13,14 @@ abstract map that still has a position.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from cnnlab.augment import eval_batch
@@ -177,15 +178,17 @@ def first_filters(model: nn.Module) -> torch.Tensor:
     return calls[0].module.weight.detach()[:, 0].float().cpu()
 
 
-def explain_pictures(predictor: Predictor, pictures: list[Path | bytes], top: int = 3, *,
-                     names: list[str] | None = None, invert: bool = True
+def explain_pictures(predictor: Predictor,
+                     pictures: Sequence[Path | bytes | Image.Image | torch.Tensor],
+                     top: int = 3, *, names: list[str] | None = None, invert: bool = True
                      ) -> list[Explanation]:
-    """Your own pictures, preprocessed as `Predictor.predict` does (same checks, same
-    one-line errors): each one's prediction and the Grad-CAM of its most likely class.
-    Needs the PyTorch model: an ONNX model carries no gradients (one-line error)."""
+    """Your own pictures (files or encoded bytes; also what `Predictor.predict` takes: PIL
+    images, uint8 28×28 tensors), preprocessed as `Predictor.predict` does, with the same
+    checks and one-line errors: each one's prediction and the Grad-CAM of its most likely
+    class. Needs the PyTorch model: an ONNX model carries no gradients (one-line error)."""
     if isinstance(predictor, OnnxPredictor):
         raise CnnlabError(ONNX_NO_GRADCAM)
-    predictions = predictor.predict(pictures, names, invert=invert, top=top)
+    predictions = predictor.predict(list(pictures), names, invert=invert, top=top)
     seen = torch.stack([p.input for p in predictions])
     target = torch.tensor([CLASSES.index(p.top[0][0]) for p in predictions])
     cams = grad_cam(predictor.model, seen, target)
