@@ -39,8 +39,9 @@ def test_with_a_token_the_api_needs_it_and_the_probe_and_page_do_not(predictor, 
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
                         {"Authorization": f"Bearer {TOKEN}x"}):
             for response in (client.get("/v1/model", headers=headers),
-                             client.post("/v1/predict", content=picture,
-                                         headers={**headers, "content-type": "image/png"})):
+                             *(client.post(path, content=picture,
+                                           headers={**headers, "content-type": "image/png"})
+                               for path in ("/v1/predict", "/v1/explain"))):
                 assert response.status_code == 401
                 assert response.headers["www-authenticate"] == "Bearer"
                 assert "missing or wrong token" in response.json()["error"]

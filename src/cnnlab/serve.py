@@ -9,6 +9,7 @@ serve_guard.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 import warnings
@@ -22,6 +23,7 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, ImageSet
 from cnnlab.errors import CnnlabError
+from cnnlab.explain import ONNX_NO_GRADCAM, Explanation, explain_pictures
 from cnnlab.inference import Prediction, Predictor
 from cnnlab.serve_guard import (
     HttpError,
@@ -42,11 +44,22 @@ def prediction_json(p: Prediction, ms: float) -> dict[str, Any]:
             "inverted": p.inverted, "input": p.input.tolist(), "ms": ms}
 
 
+def model_error(e: CnnlabError) -> HttpError:
+    """The model's one-line refusal as an HTTP error: a picture too large (413) or not one
+    it can read (422), or a model that cannot explain (501)."""
+    text = str(e)
+    if "Grad-CAM needs" in text:
+        return HttpError(501, text)
+    return HttpError(413 if "too large" in text else 422, text)
+
+
 def create_app(predictor: Predictor, samples: ImageSet | None = None,
                report: Path | None = None, token: str | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, explainer: Predictor | None = None) -> FastAPI:
     """The application: API, OpenAPI docs at /docs, and the page at /; with a `token`,
-    every path but the page and /healthz needs it."""
+    every path but the page and /healthz needs it. `explainer`: a PyTorch Predictor of the
+    same model for /v1/explain alone (Grad-CAM hooks into its model, so it cannot be the one
+    serving predictions); without one, /v1/explain is a 501."""
     limits = limits or Limits()
     app = FastAPI(title="cnnlab", description="Fashion-MNIST classifier trained with cnnlab")
     previous_limit = Image.MAX_IMAGE_PIXELS
@@ -62,7 +75,8 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
     if token is not None:
         app.add_middleware(RequireToken, token=token)
     add_prediction_routes(app, predictor, limits)
-    add_model_routes(app, predictor, samples, report)
+    add_explain_route(app, explainer, limits)
+    add_model_routes(app, predictor, samples, report, explainer is not None)
     return app
 
 
@@ -145,8 +159,7 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limits: Limits) ->
                 results = predictor.predict([data for _, data in pictures],
                                             [name for name, _ in pictures], top=top)
             except CnnlabError as e:
-                status = 413 if "too large" in str(e) else 422
-                raise HttpError(status, str(e)) from None
+                raise model_error(e) from None
             return results, 1000 * (time.perf_counter() - start)
 
         results, ms = await queue.run(run)
@@ -169,8 +182,37 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor, limits: Limits) ->
                                 for (name, _), r in zip(pictures, results, strict=True)]}
 
 
+def add_explain_route(app: FastAPI, explainer: Predictor | None, limits: Limits) -> None:
+    """/v1/explain: a picture's prediction and its Grad-CAM, one at a time (the hooks that
+    record the model's maps would catch another request's), behind its own bounded queue."""
+    queue = InferenceQueue(dataclasses.replace(limits, threads=1))
+
+    @app.post("/v1/explain", summary="classify one picture and say where the model looked: "
+              "the Grad-CAM of its top class, 28 × 28 in [0, 1] (as /v1/predict takes it)")
+    async def explain(request: Request, top: int = 3) -> dict[str, Any]:
+        if explainer is None:
+            raise HttpError(501, ONNX_NO_GRADCAM)
+        pictures = await uploads(request, "file", limits)
+        if len(pictures) != 1:
+            raise HttpError(400, "one picture per request here")
+        check_request(pictures, top, limits)
+        [(name, data)] = pictures
+
+        def run() -> tuple[Explanation, float]:
+            start = time.perf_counter()
+            try:
+                [explained] = explain_pictures(explainer, [data], top, names=[name])
+            except CnnlabError as e:
+                raise model_error(e) from None
+            return explained, 1000 * (time.perf_counter() - start)
+
+        explained, ms = await queue.run(run)
+        cam = [[round(v, 3) for v in row] for row in explained.cam.tolist()]
+        return {**prediction_json(explained.prediction, ms), "cam": cam}
+
+
 def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | None,
-                     report: Path | None) -> None:
+                     report: Path | None, explains: bool) -> None:
     """What the page shows besides predictions: health, the model, samples, report, page."""
 
     @app.get("/healthz")
@@ -183,7 +225,8 @@ def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | Non
         return {"architecture": recipe.model.name, "recipe": recipe.to_dict(),
                 "test_accuracy": predictor.test_acc, "epoch": predictor.epoch,
                 "classes": list(CLASSES), "runtime": predictor.runtime,
-                "report": report is not None, "samples": 0 if samples is None else len(samples)}
+                "report": report is not None, "samples": 0 if samples is None else len(samples),
+                "explain": explains}
 
     @app.get("/v1/samples/{index}", summary="a test-set image as PNG; its class in the "
              "X-Class header")
@@ -245,7 +288,8 @@ def serve(source: Path, host: str, port: int, samples: ImageSet | None,
           limits: Limits | None = None) -> None:
     """Serve a run folder or checkpoint with the chosen runtime (onnxruntime: exported to
     a temporary ONNX file first), or an .onnx model with onnxruntime; with a `token`, the
-    API needs it; within `limits`."""
+    API needs it; within `limits`. Grad-CAM needs the PyTorch model: a run folder or
+    checkpoint keeps one for /v1/explain whatever the runtime; an .onnx model has none."""
     import tempfile
 
     import uvicorn
@@ -259,7 +303,10 @@ def serve(source: Path, host: str, port: int, samples: ImageSet | None,
             model = Path(tmp) / "model.onnx"
             export_onnx(source, model, model_code=model_code)
         predictor = Predictor.load(model, torch.device("cpu"), model_code)
+        explainer = (None if source.suffix == ".onnx"
+                     else Predictor.load(source, torch.device("cpu"), model_code))
         limits = limits or Limits()
-        app = create_app(predictor, samples, find_report(source.resolve()), token, limits)
+        app = create_app(predictor, samples, find_report(source.resolve()), token, limits,
+                         explainer)
         uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_settings(limits))
 
