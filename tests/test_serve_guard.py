@@ -71,6 +71,9 @@ def test_which_token(monkeypatch):
     assert choose_token("given", no_auth=False, loopback=False) == ("given", False)
     with pytest.raises(CnnlabError, match="contradict"):
         choose_token(None, no_auth=True, loopback=False)
+    for bad in ("", "two words", "tab\there", "caf\u00e9"):
+        with pytest.raises(CnnlabError, match="printable ASCII without spaces, and not empty"):
+            choose_token(bad, no_auth=False, loopback=False)
 
 
 @pytest.fixture
@@ -123,6 +126,9 @@ def test_no_auth_warns_and_limits_are_checked(capsys, started, synthetic_run, sy
         capsys, ["serve", str(synthetic_run), "--limit", "speed=3"])
     assert "must be a positive whole number" in one_line_error(
         capsys, ["serve", str(synthetic_run), "--limit", "queue=1.5"])
+    for bad in ("nan", "inf", "0", "-1", "x"):
+        assert "must be a positive number" in one_line_error(
+            capsys, ["serve", str(synthetic_run), "--limit", f"body_seconds={bad}"])
     assert "contradict" in one_line_error(
         capsys, ["serve", str(synthetic_run), "--no-auth", "--token", "x"])
 

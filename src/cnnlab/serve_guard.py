@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -54,9 +55,10 @@ class Limits:
     backlog: int = _limit(128, "connections", "connections the kernel queues before the "
                           "server accepts them")
     header_bytes: int = _limit(16_384, "bytes", "request line and headers; more is a 431")
-    header_seconds: float = _limit(10.0, "seconds", "from a connection's (or a request's) "
-                                   "first byte to the end of its headers; slower is a 408 "
-                                   "and the connection is closed")
+    header_seconds: float = _limit(10.0, "seconds", "from a connection's opening (on a "
+                                   "kept-alive one, a request's first byte) to the end of "
+                                   "its headers; slower is a 408 and the connection is "
+                                   "closed")
     body_seconds: float = _limit(30.0, "seconds", "to send a request's body; slower is a "
                                  "408 and the connection is closed")
     keep_alive_seconds: int = _limit(5, "seconds", "an idle kept-alive connection stays open")
@@ -87,7 +89,7 @@ class Limits:
                 value = int(text) if kinds[name] == "int" else float(text)
             except ValueError:
                 value = 0
-            if value <= 0:
+            if not 0 < value < math.inf:
                 raise CnnlabError(f"--limit {setting!r}: the value must be a positive "
                                   f"{'whole ' if kinds[name] == 'int' else ''}number")
             changes[name] = value
@@ -102,8 +104,9 @@ def choose_token(given: str | None, no_auth: bool, loopback: bool) -> tuple[str 
         raise CnnlabError(f"--no-auth and a token (--token or ${TOKEN_ENV}) contradict each "
                           "other: drop one")
     if given is not None:
-        if not given.isascii() or not given.isprintable() or " " in given:
-            raise CnnlabError("the token must be printable ASCII without spaces")
+        if not given or not given.isascii() or not given.isprintable() or " " in given:
+            raise CnnlabError("the token must be printable ASCII without spaces, and not "
+                              "empty")
         return given, False
     if no_auth or loopback:
         return None, False
