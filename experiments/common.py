@@ -21,10 +21,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from cnnlab.augment import eval_batch
 from cnnlab.data import ImageSet
-from cnnlab.device import as_input, prepare_model
+from cnnlab.device import prepare_model
 from cnnlab.errors import CnnlabError
+from cnnlab.explain import relu_firing
 from cnnlab.files import atomic_write
 from cnnlab.loggers import Logger
 from cnnlab.models import create_model
@@ -184,13 +184,7 @@ def train_first_steps(overrides: dict[str, object], seed: int, data: ImageSet, s
 
 
 def dead_relus(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Fraction of units (channel × position) of each ReLU that are zero on every image."""
-    fired: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: fired.__setitem__(
-        name, (out > 0).any(0))) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    model.eval()
-    with torch.no_grad():
-        model(as_input(eval_batch(images), model))
-    for hook in hooks:
-        hook.remove()
-    return {name: 1 - f.float().mean().item() for name, f in fired.items()}
+    """Fraction of units (channel × position) of each ReLU that are zero on every image, all
+    images in one batch."""
+    return {name: 1 - fired.float().mean().item()
+            for name, fired in relu_firing(model, images, len(images)).items()}

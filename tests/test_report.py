@@ -112,7 +112,7 @@ def test_report_files_and_sections(study: Path) -> None:
     cpu = machine_name(torch.device("cpu"))
     assert json.loads((study / "runs" / "lenet-seed0" / "config.json").read_text())[
         "machine"] == cpu
-    assert f"| machine | {cpu} | {cpu} |" in section(markdown, SECTIONS[5])
+    assert f"| machine | {cpu} | {cpu} |" in section(markdown, SECTIONS[6])
 
 
 def test_figures_are_pngs_and_html_is_self_contained(study: Path) -> None:
@@ -488,7 +488,7 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
     fake_run(tmp_path, "custom", 1, [0.90, 0.92, 0.935], [0.4, 0.3, 0.3])
     fake_run(tmp_path, "lenet", 0, [0.88, 0.932], [0.4, 0.3])
     build_report(tmp_path, data_dir, "cnnlab report x")
-    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[4])
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[5])
     rows = {row["recipe"]: row for row in parse_table(text)}
     assert rows["custom"]["seeds reaching 93.3%"] == "2 of 2"
     assert rows["custom"]["time to reach it (min)"] == "0.42 ± 0.12 (0.33–0.50)"
@@ -518,7 +518,7 @@ def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
         (folder / "metrics.csv").write_text(metrics)
     fake_run(tmp_path, "lenet", 0, [0.88, 0.90], [0.4, 0.3])
     build_report(tmp_path, tmp_path / "no-data-needed", "cnnlab report x")
-    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[4])
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[5])
     tables = machine_tables(text)
     assert [lead.split(":")[0] for lead in tables] == [
         "On AMD EPYC, cuda × 8 threads", "On Intel Xeon, cuda × 8 threads",
@@ -551,7 +551,7 @@ def test_other_folders_join_time_to_accuracy_only(tmp_path: Path, capsys, monkey
     assert main(["report", str(recipes), "--time-runs", str(study)]) == 0
     capsys.readouterr()
     markdown = (recipes / "REPORT.md").read_text()
-    epyc, unknown = machine_tables(section(markdown, SECTIONS[4])).values()
+    epyc, unknown = machine_tables(section(markdown, SECTIONS[5])).values()
     assert [row["recipe"] for row in epyc] == ["lenet"]
     assert epyc[0]["machine"] == "AMD EPYC"
     assert [row["recipe"] for row in unknown] == ["custom", f"custom ({study})"]

@@ -3,10 +3,6 @@ test on loopback, and the page."""
 
 import io
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,8 +16,9 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, load_split
 from cnnlab.inference import Predictor
-from cnnlab.serve import MAX_BODY_BYTES, create_app
-from experiments.serve.loadtest import load_test
+from cnnlab.serve import create_app
+from cnnlab.serve_guard import Limits
+from experiments.serve.loadtest import load_test, running_server
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +34,18 @@ def test_set(synthetic_dir):
 
 @pytest.fixture(scope="module")
 def client(run_dir, test_set):
-    with TestClient(create_app(Predictor.load(run_dir), test_set)) as c:
+    app = create_app(Predictor.load(run_dir), test_set, explainer=Predictor.load(run_dir))
+    with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def onnx_model(run_dir, tmp_path_factory) -> Path:
+    from cnnlab.export import export_onnx
+
+    out = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(run_dir, out)
+    return out
 
 
 def png(array) -> bytes:
@@ -91,14 +98,46 @@ def test_model_health_samples_page_and_docs(client, run_dir, test_set):
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
 
 
+def test_explain_gives_the_prediction_and_its_grad_cam(client, run_dir, test_set):
+    from cnnlab.explain import explain_pictures
+
+    image = png(test_set.images[5].numpy())
+    [direct] = explain_pictures(Predictor.load(run_dir), [image], top=3)
+    raw = client.post("/v1/explain", content=image, headers={"content-type": "image/png"})
+    form = client.post("/v1/explain?top=2", files={"file": ("x.png", image, "image/png")})
+    for response, k in ((raw, 3), (form, 2)):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [t["class"] for t in body["top"]] == [c for c, _ in direct.prediction.top[:k]]
+        assert torch.equal(torch.tensor(body["input"], dtype=torch.uint8), test_set.images[5])
+        cam = torch.tensor(body["cam"])
+        assert cam.shape == (28, 28) and cam.min() >= 0 and cam.max() <= 1
+        assert torch.allclose(cam, direct.cam, atol=5e-4)
+    assert client.get("/v1/model").json()["explain"] is True
+
+
+def test_an_onnx_model_serves_predictions_but_says_it_cannot_explain(onnx_model, test_set):
+    from cnnlab.explain import ONNX_NO_GRADCAM
+
+    image = png(test_set.images[0].numpy())
+    with TestClient(create_app(Predictor.load(onnx_model), test_set)) as onnx_client:
+        assert onnx_client.get("/v1/model").json()["explain"] is False
+        response = onnx_client.post("/v1/explain", content=image,
+                                    headers={"content-type": "image/png"})
+        assert response.status_code == 501 and response.json() == {"error": ONNX_NO_GRADCAM}
+        assert onnx_client.post("/v1/predict", content=image,
+                                headers={"content-type": "image/png"}).status_code == 200
+
+
 def bomb() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (6000, 6000)).save(buffer, format="PNG")  # 36 M pixels, a few KB
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/explain"])
 @pytest.mark.parametrize("request_args, status, message", [
-    ({"content": b"x" * (MAX_BODY_BYTES + 1), "headers": {"content-type": "image/png"}},
+    ({"content": b"x" * (Limits().body_bytes + 1), "headers": {"content-type": "image/png"}},
      413, "over the limit"),
     ({"content": bomb(), "headers": {"content-type": "image/png"}}, 413, "too large"),
     ({"content": png(torch.randint(0, 256, (28, 28), dtype=torch.uint8).numpy())[:400],
@@ -112,8 +151,8 @@ def bomb() -> bytes:
         "content-type": "multipart/form-data; boundary=xyz"}}, 400, ""),
     ({"files": {"other": ("x.png", b"1", "image/png")}}, 400, "no file in field 'file'"),
 ])
-def test_bad_input_is_a_4xx_with_a_json_error(client, request_args, status, message):
-    response = client.post("/v1/predict", **request_args)
+def test_bad_input_is_a_4xx_with_a_json_error(client, path, request_args, status, message):
+    response = client.post(path, **request_args)
     assert response.status_code == status, response.text
     assert message in response.json()["error"]
     assert client.get("/healthz").status_code == 200
@@ -121,40 +160,19 @@ def test_bad_input_is_a_4xx_with_a_json_error(client, request_args, status, mess
 
 def test_bad_query_and_unknown_sample(client, test_set):
     image = png(test_set.images[0].numpy())
-    response = client.post("/v1/predict?top=11", content=image,
-                           headers={"content-type": "image/png"})
-    assert response.status_code == 422 and "top must be between 1 and 10" in response.text
+    for path in ("/v1/predict", "/v1/explain"):
+        response = client.post(f"{path}?top=11", content=image,
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 422 and "top must be between 1 and 10" in response.text
     assert client.get("/v1/samples/999").status_code == 404
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
-def served(run_dir: Path, data_dir: Path, runtime: str = "auto") -> Iterator[str]:
-    """`cnnlab serve` in a subprocess on a free loopback port; yields its base URL once it
-    answers /healthz, and stops it afterwards."""
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(run_dir),
-                               "--port", str(port), "--data-dir", str(data_dir),
-                               "--runtime", runtime], stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "no server"
-                time.sleep(0.2)
+def served(run_dir: Path, data_dir: Path, runtime: str = "auto",
+           options: tuple[str, ...] = ()) -> Iterator[str]:
+    """`cnnlab serve` (with more `options`) on a free loopback port: its base URL."""
+    with running_server(run_dir, data_dir, runtime, options) as (base, _):
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.server
@@ -169,7 +187,11 @@ def test_a_real_server_under_bounded_concurrent_load(run_dir, test_set, syntheti
         assert result["wrong"] == 0 and result["requests"] == 200
         assert result["p50_ms"] <= result["p99_ms"]
         model = json.loads(urllib.request.urlopen(f"{base}/v1/model", timeout=5).read())
-        assert model["runtime"] == runtime
+        assert model["runtime"] == runtime and model["explain"] is True
+        explain = urllib.request.Request(f"{base}/v1/explain", data=bodies[0],
+                                         headers={"Content-Type": "image/png"})
+        explained = json.loads(urllib.request.urlopen(explain, timeout=30).read())
+        assert explained["top"][0]["index"] == expected[0] and len(explained["cam"]) == 28
         assert urllib.request.urlopen(f"{base}/healthz", timeout=5).status == 200
 
 
@@ -182,51 +204,83 @@ def test_binding_another_address_warns(capsys, run_dir):
                                                          "nowhere", "--port", "0"])
 
 
-@pytest.mark.server
-@pytest.mark.browser
-def test_the_page_in_a_real_browser(run_dir, synthetic_dir, test_set, tmp_path):
-    """Headless Debian chromium driven by Selenium: load the page, upload a test-set image,
-    read the predicted class from the page; a screenshot is kept as a test artifact."""
+WARM_PIXELS = """const d = document.getElementById("cam").getContext("2d")
+  .getImageData(0, 0, 168, 168).data;
+let warm = 0;
+for (let i = 0; i < d.length; i += 4) if (d[i] > d[i + 2] + 20) warm++;
+return warm;"""
+
+
+@contextmanager
+def chromium() -> Iterator:
+    """Headless Debian chromium driven by Selenium."""
     import shutil
 
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (make test does)")
+    options = Options()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1100,800"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.mark.server
+@pytest.mark.browser
+def test_the_page_in_a_real_browser(run_dir, onnx_model, synthetic_dir, test_set, tmp_path):
+    """On a server that needs a token: open the page with the token in its URL (taken out
+    of the address bar, sent with every API call), upload a test-set image, read the
+    predicted class and see the Grad-CAM overlay drawn beside the bars (a screenshot is kept
+    as a test artifact); then an ONNX model: the prediction, and one line where the overlay
+    would be."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and chromedriver):
-        pytest.fail("needs Debian's chromium and chromium-driver: "
-                    "apt-get install chromium chromium-driver (make test does)")
+    from cnnlab.explain import ONNX_NO_GRADCAM
+
     index = 7
     picture = tmp_path / "test-image.png"
     picture.write_bytes(png(test_set.images[index].numpy()))
     expected = CLASSES[int(Predictor.load(run_dir).logits(test_set.images[index:index + 1])
                            .argmax(1))]
-    options = Options()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1100,800"):
-        options.add_argument(flag)
-    browser = None
-    with served(run_dir, synthetic_dir) as base:
-        try:
-            browser = webdriver.Chrome(service=Service(chromedriver), options=options)
-            wait = WebDriverWait(browser, 30)
-            browser.get(f"{base}/")
-            wait.until(lambda b: "epoch" in b.find_element(By.ID, "model").text)
+
+    def text(browser, element_id: str) -> str:
+        return browser.find_element(By.ID, element_id).text
+
+    with chromium() as browser:
+        wait = WebDriverWait(browser, 30)
+        with served(run_dir, synthetic_dir, options=("--token", "page-token")) as base:
+            browser.get(f"{base}/?token=page-token")
+            wait.until(lambda b: "epoch" in text(b, "model"))
+            assert browser.current_url == f"{base}/"
             browser.find_element(By.ID, "file").send_keys(str(picture))
-            wait.until(lambda b: b.find_element(By.ID, "top1").text != "—")
-            assert browser.find_element(By.ID, "top1").text == expected
+            wait.until(lambda b: text(b, "top1") != "—" and text(b, "cam-note").endswith(")"))
+            assert text(browser, "top1") == expected
             assert len(browser.find_elements(By.CSS_SELECTOR, "#top tr")) == 3
+            assert text(browser, "cam-note") == f"where it looked for {expected} (Grad-CAM)"
+            assert browser.execute_script(WARM_PIXELS) > 0
             artifacts = Path(__file__).parents[1] / "test-artifacts"
             artifacts.mkdir(exist_ok=True)
             assert browser.save_screenshot(str(artifacts / "serve-page.png"))
 
             browser.find_element(By.ID, "sample").click()
-            wait.until(lambda b: b.find_element(By.ID, "truth").text.startswith("test image"))
-            assert browser.find_element(By.ID, "error").text == ""
-        finally:
-            if browser is not None:
-                browser.quit()
+            wait.until(lambda b: text(b, "truth").startswith("test image"))
+            assert text(browser, "error") == ""
+        with served(onnx_model, synthetic_dir) as base:
+            browser.get(f"{base}/")
+            wait.until(lambda b: "epoch" in text(b, "model"))
+            browser.find_element(By.ID, "file").send_keys(str(picture))
+            wait.until(lambda b: text(b, "top1") != "—" and text(b, "cam-note") == ONNX_NO_GRADCAM)
+            assert text(browser, "top1") == expected
+            assert browser.execute_script(WARM_PIXELS) == 0

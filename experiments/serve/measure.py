@@ -8,18 +8,11 @@ is checked against the class cnnlab's own Predictor gives for the same image.
 """
 
 import argparse
-import io
 import json
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from cnnlab.data import load_datasets, load_split
 from cnnlab.device import machine_name
@@ -29,46 +22,26 @@ from cnnlab.recipe import builtin
 from cnnlab.runs import RunFolder
 from cnnlab.train import train
 from experiments.common import made_by
-from experiments.serve.loadtest import load_test
+from experiments.serve.loadtest import load_test, png_bodies, running_server
 
 CLIENTS, REQUESTS = 8, 2000
 
 
-def png_bodies(images: torch.Tensor) -> list[bytes]:
-    bodies = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image.numpy()).save(buffer, format="PNG")
-        bodies.append(buffer.getvalue())
-    return bodies
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def brief_run(name: str, limit: int, data_dir: Path, folder: Path) -> Path:
+    """Built-in recipe `name` trained for one epoch on `limit` images (accuracy does not
+    change serving speed) into `folder`."""
+    recipe = builtin(name).with_overrides({"epochs": 1, "limit_train": limit,
+                                           "limit_test": 500})
+    train(recipe, load_datasets(data_dir, 0, limit, 500), RunFolder(folder),
+          torch.device("cpu"))
+    return folder
 
 
 def measure(source: Path, data_dir: Path, bodies: list[bytes], expected: list[int],
             runtime: str) -> dict:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cnnlab.cli", "serve", str(source),
-                               "--port", str(port), "--data-dir", str(data_dir),
-                               "--runtime", runtime],
-                              stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+    with running_server(source, data_dir, runtime) as (base, _):
         load_test(base, bodies, expected, CLIENTS, 100)  # warm-up
         return load_test(base, bodies, expected, CLIENTS, REQUESTS)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main() -> None:
@@ -85,11 +58,7 @@ def main() -> None:
                "clients": CLIENTS, "requests": REQUESTS, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, limit in (("lenet", 10_000), ("custom", 3_000)):
-            recipe = builtin(name).with_overrides({"epochs": 1, "limit_train": limit,
-                                                   "limit_test": 500})
-            run = Path(tmp) / name
-            train(recipe, load_datasets(data_dir, 0, limit, 500), RunFolder(run),
-                  torch.device("cpu"))
+            run = brief_run(name, limit, data_dir, Path(tmp) / name)
             onnx = Path(tmp) / f"{name}.onnx"
             export_onnx(run, onnx)
             expected = Predictor.load(run).logits(test.images).argmax(1).tolist()

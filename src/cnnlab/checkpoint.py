@@ -1,5 +1,6 @@
 """Checkpoints: the parts of a run as tensors and plain data only, so they load with
-`torch.load(weights_only=True)` and never run code."""
+`torch.load(weights_only=True)` and never run code. A run's last.pt holds everything a
+resume needs; its model.pt only the weights it reports, in the same format."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a cnnlab checkpoint safely: plain data and tensors only, never code."""
     path = Path(path)
     if path.is_dir():
-        path = RunFolder(path).checkpoint
+        path = RunFolder(path).model_source
     if not path.is_file():
         raise CnnlabError(f"{path}: no such checkpoint; give a run folder or a .pt file")
     try:
@@ -44,6 +45,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker)")
     state.setdefault("averaged", None)
     return state
+
+
+def save_model(path: Path, state: dict[str, Any]) -> None:
+    """Write the weights `state` (a checkpoint's contents) reports, with its epoch, recipe
+    and metrics but no optimizer, schedule or average bookkeeping: a finished run's model.pt,
+    a third of last.pt's size for an Adam-trained network, which `load_checkpoint` reads as
+    it reads last.pt."""
+    model = {"format": state.get("format", FORMAT), "model": inference_weights(state),
+             **{k: state[k] for k in ("epoch", "recipe", "config", "metrics") if k in state}}
+    atomic_write(path, lambda f: torch.save(model, f))
 
 
 def inference_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:

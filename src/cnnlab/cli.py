@@ -115,10 +115,12 @@ def add_evaluate(sub: Commands, parents: Parents) -> None:
 
 
 def add_export(sub: Commands, parents: Parents) -> None:
-    p = sub.add_parser("export", help="write a trained model as ONNX (uint8 images → logits)",
-                       parents=[parents.common, parents.user_code])
+    p = sub.add_parser("export", help="write a trained model as ONNX (uint8 images → logits), "
+                       "or as a run's small model.pt", parents=[parents.common, parents.user_code])
     p.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
-    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--out", required=True, metavar="FILE.onnx|FILE.pt",
+                   help="*.onnx: an ONNX model; *.pt: the reported weights alone, the "
+                   "model.pt a finished run keeps (e.g. RUN_DIR/model.pt)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (default %(default)s)")
     p.set_defaults(run=commands.cmd_export)
 
@@ -132,6 +134,14 @@ def add_serve(sub: Commands, parents: Parents) -> None:
     p.add_argument("--port", type=int, default=8000, help="default %(default)s")
     p.add_argument("--runtime", choices=["auto", "torch", "onnxruntime"], default="auto",
                    help="auto: onnxruntime when installed (measured faster), else torch")
+    p.add_argument("--token", help="the token API requests must carry (Authorization: Bearer "
+                   "TOKEN); default $CNNLAB_SERVE_TOKEN, else none on loopback and a new random "
+                   "one, printed with the URL, on any other address")
+    p.add_argument("--no-auth", action="store_true", help="serve another address with no "
+                   "token: anyone who can reach the port may use the API")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one bound on clients, e.g. --limit queue=64 (repeatable; "
+                   "the limits and their defaults: docs/export-serve.md)")
     p.set_defaults(run=commands.cmd_serve)
 
 
@@ -204,9 +214,30 @@ def add_predict(sub: Commands, parents: Parents) -> None:
     p.set_defaults(run=commands.cmd_predict)
 
 
+def add_explain(sub: Commands, parents: Parents) -> None:
+    p = sub.add_parser("explain", help="where a model looked (Grad-CAM) and its feature maps, "
+                       "for your pictures or test images",
+                       parents=[parents.common, parents.user_code])
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT",
+                   help="a run folder (its last.pt, else model.pt) or a .pt file; not an "
+                   ".onnx model: Grad-CAM needs the PyTorch model's gradients")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="PNG or JPEG pictures")
+    p.add_argument("--test-images", metavar="LIST",
+                   help="also test-set images by index, e.g. 0,7 or 0..9")
+    p.add_argument("--out", default=".", metavar="DIR",
+                   help="where IMAGE-gradcam.png and IMAGE-features.png go (default: the "
+                   "current folder)")
+    p.add_argument("--no-invert", action="store_true",
+                   help="keep a light background as it is (as `cnnlab predict --no-invert`)")
+    p.add_argument("--top", type=int, default=3, metavar="K",
+                   help="how many classes to show (default 3)")
+    p.set_defaults(run=commands.cmd_explain)
+
+
 # In the order `cnnlab --help` lists them.
 COMMANDS = (add_models, add_presets, add_recipe, add_train, add_evaluate, add_export, add_serve,
-            add_download, add_sweep, add_reproduce, add_bench, add_report, add_predict)
+            add_download, add_sweep, add_reproduce, add_bench, add_report, add_predict,
+            add_explain)
 
 
 def build_parser() -> Parser:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab import recipe as recipes
+from cnnlab.checkpoint import load_checkpoint, save_model
 from cnnlab.cli_common import dest, format_table, named_recipe, print_results
-from cnnlab.data import SHA256, download, ensure_data, load_split, resolve_data_dir, verify
+from cnnlab.data import CLASSES, SHA256, download, ensure_data, load_split, resolve_data_dir, verify
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
@@ -143,15 +144,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from cnnlab.export import export_onnx
 
+    out = Path(args.out)
+    if out.suffix == ".pt":
+        export_model_pt(Path(args.source), out)
+        return
     if args.opset < 18:
         raise CnnlabError(f"--opset must be >= 18, the oldest torch's exporter writes "
                           f"(got {args.opset})")
-    out = Path(args.out)
     metadata = export_onnx(Path(args.source), out, args.opset, args.model_code)
     accuracy = metadata["test_accuracy"]
     note = f", test accuracy {100 * float(accuracy):.2f}% when saved" if accuracy else ""
     print(f"wrote {out} (opset {args.opset}, input uint8 images (batch, 28, 28), "
           f"output logits{note})")
+
+
+def export_model_pt(source: Path, out: Path) -> None:
+    """`cnnlab export RUN --out RUN/model.pt`: the small weights-only model.pt that training
+    writes when a run finishes, for a run that has only its last.pt."""
+    read = RunFolder(source).model_source if source.is_dir() else source
+    if out.resolve() == read.resolve():
+        raise CnnlabError(f"--out {out} is the checkpoint being read; choose another file")
+    state = load_checkpoint(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, state)
+    print(f"wrote {out} (the reported weights of epoch {state['epoch']}, no optimizer state; "
+          "`cnnlab predict`, `evaluate`, `explain` and `serve` load it)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -164,6 +181,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         import uvicorn  # noqa: F401
 
         from cnnlab.serve import serve
+        from cnnlab.serve_guard import Limits, choose_token
     except ImportError:
         raise CnnlabError("cnnlab serve needs FastAPI, uvicorn and python-multipart: "
                           "pip install 'cnnlab[serve]'") from None
@@ -172,16 +190,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
         loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         raise CnnlabError(f"--host {args.host!r} is not an IP address or localhost") from None
-    if not loopback:
-        print(f"cnnlab: warning: serving on {args.host}, reachable from other machines; "
-              "the API has no authentication", file=sys.stderr)
     if not 0 < args.port < 65536:
         raise CnnlabError(f"--port must be between 1 and 65535 (got {args.port})")
+    limits = Limits().with_overrides(args.limit)
+    token, generated = choose_token(args.token, args.no_auth, loopback)
+    if token is None and not loopback:
+        print(f"cnnlab: warning: serving on {args.host} with --no-auth: anyone who can reach "
+              f"port {args.port} may use the API", file=sys.stderr)
     data_dir = resolve_data_dir(args.data_dir)
     samples = None if missing_files(data_dir) else load_split(data_dir, "test")
-    print(f"serving {args.source} on http://{args.host}:{args.port}/ (API docs at /docs); "
-          "Ctrl-C stops", file=sys.stderr, flush=True)
-    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime)
+    url = f"http://{args.host}:{args.port}/"
+    where = f"{url}?token={token}" if generated else url
+    needs = ("" if token is None or generated
+             else "; the API needs your token (open the page at /?token=TOKEN)")
+    print(f"serving {args.source} on {where} (API docs at /docs){needs}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime,
+          token, limits)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -213,6 +238,62 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predictions = predictor.predict(pictures, [str(p) for p in paths],
                                     invert=not args.no_invert, top=args.top)
     print(format_json(predictions) if args.json else format_text(predictions))
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    from cnnlab.explain import ONNX_NO_GRADCAM, explain_pictures, feature_maps
+    from cnnlab.report.figures import save_png
+    from cnnlab.report.learned import features_figure, gradcam_figure
+
+    source = Path(args.source)
+    if source.suffix == ".onnx":
+        raise CnnlabError(ONNX_NO_GRADCAM)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CnnlabError(f"--out {out} is a file; give a folder for the PNGs")
+    pictures, names, stems = explain_inputs(args)
+    predictor = Predictor.load(source, resolve_device(args.device), args.model_code)
+    explanations = explain_pictures(predictor, pictures, args.top, names=names,
+                                    invert=not args.no_invert)
+    print(format_text([e.prediction for e in explanations]))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create --out {out}: {e.strerror}") from e
+    for stem, explained in zip(stems, explanations, strict=True):
+        seen, (best, probability) = explained.prediction.input, explained.prediction.top[0]
+        title = f"{explained.prediction.image}: {best} {100 * probability:.1f}%"
+        cam_path, maps_path = out / f"{stem}-gradcam.png", out / f"{stem}-features.png"
+        save_png(gradcam_figure(title, seen, explained.cam), cam_path)
+        save_png(features_figure(title, seen, feature_maps(predictor.model, seen)), maps_path)
+        print(f"wrote {cam_path} and {maps_path}")
+
+
+def explain_inputs(args: argparse.Namespace) -> tuple[list[Any], list[str], list[str]]:
+    """`cnnlab explain`'s pictures (each checked before the model loads), their names and
+    the stems of their PNGs: IMAGE files, then --test-images."""
+    paths = [Path(p) for p in args.images]
+    pictures: list[Any] = [load_image(p) for p in paths]
+    names, stems = [str(p) for p in paths], [p.stem for p in paths]
+    if args.test_images:
+        try:
+            indices = parse_int_list(args.test_images)
+        except CnnlabError as e:
+            raise CnnlabError(f"--test-images wants indices: {e}") from None
+        test = load_split(resolve_data_dir(args.data_dir), "test")
+        if bad := [i for i in indices if not 0 <= i < len(test)]:
+            raise CnnlabError(f"--test-images {bad[0]}: the test set's images are numbered "
+                              f"0..{len(test) - 1}")
+        pictures += [test.images[i] for i in indices]
+        names += [f"test image {i} ({CLASSES[int(test.labels[i])]})" for i in indices]
+        stems += [f"test-{i}" for i in indices]
+    if not pictures:
+        raise CnnlabError("give IMAGE files to explain, or --test-images LIST")
+    if len(set(stems)) < len(stems):
+        twice = next(s for s in stems if stems.count(s) > 1)
+        raise CnnlabError(f"two images would both write {twice}-gradcam.png; explain them "
+                          "one at a time, or rename one")
+    return pictures, names, stems
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:

@@ -4,7 +4,8 @@
 | --- | --- |
 | config.json | the resolved recipe and where and how it ran (the code: git commit and diff) |
 | metrics.csv | one row per finished epoch |
-| last.pt | the checkpoint after the last finished epoch |
+| last.pt | the checkpoint after the last finished epoch (what a resume needs) |
+| model.pt | once the run has finished: its reported weights alone, to keep and load |
 | predictions.csv | that epoch's reported model on each test image: true and predicted class |
 | loss.png, accuracy.png | train, validation and test curves |
 | tensorboard/ | event files, with `--log tensorboard` |
@@ -40,8 +41,8 @@ METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
                   "seconds", "train_img_per_s", "val_loss", "val_acc")
 # Columns a metrics.csv may lack: files written before the validation split existed.
 OPTIONAL_COLUMNS = ("val_loss", "val_acc")
-RUN_FILES = ("last.pt", "metrics.csv", "predictions.csv", "config.json", "loss.png",
-             "accuracy.png")
+RUN_FILES = ("last.pt", "model.pt", "metrics.csv", "predictions.csv", "config.json",
+             "loss.png", "accuracy.png")
 # Within 5 points of chance: a network that collapsed (a no-BN network at a high learning
 # rate can die in its first steps) rather than trained badly.
 CHANCE_BAND = 1 / len(CLASSES) + 0.05
@@ -129,6 +130,18 @@ class RunFolder:
     @property
     def checkpoint(self) -> Path:
         return self.path / "last.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def model_source(self) -> Path:
+        """Where the run's model loads from: last.pt, else model.pt (a finished run whose
+        checkpoint was not kept); last.pt's path when neither is there."""
+        if not self.checkpoint.is_file() and self.model_path.is_file():
+            return self.model_path
+        return self.checkpoint
 
     @property
     def metrics_path(self) -> Path:

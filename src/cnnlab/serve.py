@@ -3,18 +3,19 @@
 FastAPI on uvicorn (`pip install 'cnnlab[serve]'`; the CLI says so when it is missing).
 Inference runs in worker threads, at most one per core, each with one torch thread, so
 requests do not queue behind each other and the cores are not oversubscribed. Bad input
-is a 4xx with a JSON error, never a 500.
+is a 4xx with a JSON error, never a 500; the token and every bound on clients are in
+serve_guard.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-import anyio
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -22,19 +23,19 @@ from PIL import Image
 
 from cnnlab.data import CLASSES, ImageSet
 from cnnlab.errors import CnnlabError
+from cnnlab.explain import ONNX_NO_GRADCAM, Explanation, explain_pictures
 from cnnlab.inference import Prediction, Predictor
+from cnnlab.serve_guard import (
+    HttpError,
+    InferenceQueue,
+    Limits,
+    RequireToken,
+    uvicorn_settings,
+    within,
+)
 
-MAX_BODY_BYTES = 5 * 1024 * 1024
-MAX_PIXELS = 16_000_000   # a decoded picture larger than 4,000 × 4,000 is refused
-MAX_BATCH = 64
 PAGE = Path(__file__).with_name("serve_page.html")
 IMAGE_TYPES = ("image/", "application/octet-stream")
-
-
-class BadInput(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def prediction_json(p: Prediction, ms: float) -> dict[str, Any]:
@@ -43,67 +44,114 @@ def prediction_json(p: Prediction, ms: float) -> dict[str, Any]:
             "inverted": p.inverted, "input": p.input.tolist(), "ms": ms}
 
 
+def model_error(e: CnnlabError) -> HttpError:
+    """The model's one-line refusal as an HTTP error: a picture too large (413) or not one
+    it can read (422), or a model that cannot explain (501)."""
+    text = str(e)
+    if "Grad-CAM needs" in text:
+        return HttpError(501, text)
+    return HttpError(413 if "too large" in text else 422, text)
+
+
 def create_app(predictor: Predictor, samples: ImageSet | None = None,
-               report: Path | None = None) -> FastAPI:
-    """The application: API, OpenAPI docs at /docs, and the page at /."""
+               report: Path | None = None, token: str | None = None,
+               limits: Limits | None = None, explainer: Predictor | None = None) -> FastAPI:
+    """The application: API, OpenAPI docs at /docs, and the page at /; with a `token`,
+    every path but the page and /healthz needs it. `explainer`: a PyTorch Predictor of the
+    same model for /v1/explain alone (Grad-CAM hooks into its model, so it cannot be the one
+    serving predictions); without one, /v1/explain is a 501."""
+    limits = limits or Limits()
     app = FastAPI(title="cnnlab", description="Fashion-MNIST classifier trained with cnnlab")
     previous_limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # load_image refuses anything larger
+    Image.MAX_IMAGE_PIXELS = limits.picture_pixels  # load_image refuses anything larger
     app.router.on_shutdown.append(lambda: setattr(Image, "MAX_IMAGE_PIXELS", previous_limit))
 
-    @app.exception_handler(BadInput)
-    async def bad_input(_request: Request, e: BadInput) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+    @app.exception_handler(HttpError)
+    async def refused(_request: Request, e: HttpError) -> JSONResponse:
+        # A client too slow to send its body may still be sending: close, do not read on.
+        headers = {"Connection": "close"} if e.status == 408 else None
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
 
-    add_prediction_routes(app, predictor)
-    add_model_routes(app, predictor, samples, report)
+    if token is not None:
+        app.add_middleware(RequireToken, token=token)
+    add_prediction_routes(app, predictor, limits)
+    add_explain_route(app, explainer, limits)
+    add_model_routes(app, predictor, samples, report, explainer is not None)
     return app
 
 
-async def body_of(request: Request) -> bytes:
-    """The request body, refused (413) as soon as it passes MAX_BODY_BYTES."""
+async def body_of(request: Request, limits: Limits) -> bytes:
+    """The request body, refused (413) as soon as it passes `body_bytes`, and (408) when it
+    takes longer than `body_seconds` to arrive."""
+    most = limits.body_bytes
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BadInput(413, f"body of {int(declared):,} bytes is over the limit of "
-                       f"{MAX_BODY_BYTES:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadInput(413, f"body over the limit of {MAX_BODY_BYTES:,} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    if declared and declared.isdigit() and int(declared) > most:
+        raise HttpError(413, f"body of {int(declared):,} bytes is over the limit of {most:,}")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > most:
+                raise HttpError(413, f"body over the limit of {most:,} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    return await within(limits.body_seconds, read())
 
 
-async def uploads(request: Request, field: str) -> list[tuple[str, bytes]]:
+async def uploads(request: Request, field: str, limits: Limits) -> list[tuple[str, bytes]]:
     """(name, bytes) of each uploaded picture: multipart field(s), or the raw body."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        body = await body_of(request)
+        body = await body_of(request, limits)
         try:
             form = await Request({**request.scope}, _replay(body)).form(
-                max_files=MAX_BATCH, max_part_size=MAX_BODY_BYTES)
+                max_files=limits.batch_files, max_part_size=limits.body_bytes)
         except Exception as e:  # the multipart parser's own errors
-            raise BadInput(400, f"malformed multipart form ({e})") from None
+            raise HttpError(400, f"malformed multipart form ({e})") from None
         files = [f for f in form.getlist(field) if hasattr(f, "read")]
         if not files:
-            raise BadInput(400, f"the form has no file in field {field!r}")
+            raise HttpError(400, f"the form has no file in field {field!r}")
         return [(f.filename or field, await f.read()) for f in files]
     if kind and not kind.startswith(IMAGE_TYPES):
-        raise BadInput(415, f"content type {kind!r}: send a picture (image/png, "
-                       "image/jpeg, …) as the body, or multipart/form-data")
-    return [("body", await body_of(request))]
+        raise HttpError(415, f"content type {kind!r}: send a picture (image/png, "
+                        "image/jpeg, …) as the body, or multipart/form-data")
+    return [("body", await body_of(request, limits))]
 
 
-def add_prediction_routes(app: FastAPI, predictor: Predictor) -> None:
-    """/v1/predict and /v1/predict/batch; the model runs in worker threads, one per core."""
-    limiter = anyio.CapacityLimiter(os.cpu_count() or 1)
+def decoded_pixels(pictures: list[tuple[str, bytes]]) -> int:
+    """How many pixels the pictures decode to, read from their headers alone."""
+    total = 0
+    for _, data in pictures:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    total += image.width * image.height
+        except Exception:  # not a picture, or a bomb: the predictor says which, per picture
+            continue
+    return total
+
+
+def check_request(pictures: list[tuple[str, bytes]], top: int, limits: Limits) -> None:
+    """The bounds on one request's pictures taken together (each one's are the predictor's)."""
+    if not 1 <= top <= len(CLASSES):
+        raise HttpError(422, f"top must be between 1 and {len(CLASSES)} (got {top})")
+    if len(pictures) > limits.batch_files:
+        raise HttpError(413, f"{len(pictures)} pictures; at most {limits.batch_files} per "
+                        "request")
+    pixels = decoded_pixels(pictures) if len(pictures) > 1 else 0
+    if pixels > limits.batch_pixels:
+        raise HttpError(413, f"the pictures decode to {pixels:,} pixels together; at most "
+                        f"{limits.batch_pixels:,} per request")
+
+
+def add_prediction_routes(app: FastAPI, predictor: Predictor, limits: Limits) -> None:
+    """/v1/predict and /v1/predict/batch; the model runs in a bounded queue of threads."""
+    queue = InferenceQueue(limits)
 
     async def predict(pictures: list[tuple[str, bytes]], top: int) -> list[dict[str, Any]]:
-        if not 1 <= top <= len(CLASSES):
-            raise BadInput(422, f"top must be between 1 and {len(CLASSES)} (got {top})")
-        if len(pictures) > MAX_BATCH:
-            raise BadInput(413, f"{len(pictures)} pictures; at most {MAX_BATCH} per request")
+        check_request(pictures, top, limits)
 
         def run() -> tuple[list[Prediction], float]:
             start = time.perf_counter()
@@ -111,32 +159,60 @@ def add_prediction_routes(app: FastAPI, predictor: Predictor) -> None:
                 results = predictor.predict([data for _, data in pictures],
                                             [name for name, _ in pictures], top=top)
             except CnnlabError as e:
-                status = 413 if "too large" in str(e) else 422
-                raise BadInput(status, str(e)) from None
+                raise model_error(e) from None
             return results, 1000 * (time.perf_counter() - start)
 
-        results, ms = await anyio.to_thread.run_sync(run, limiter=limiter)
+        results, ms = await queue.run(run)
         return [prediction_json(p, ms / len(results)) for p in results]
 
     @app.post("/v1/predict", summary="classify one picture (multipart field `file`, or the "
               "raw bytes as the body)")
     async def predict_one(request: Request, top: int = 3) -> dict[str, Any]:
-        pictures = await uploads(request, "file")
+        pictures = await uploads(request, "file", limits)
         if len(pictures) != 1:
-            raise BadInput(400, "one picture per request here; use /v1/predict/batch")
+            raise HttpError(400, "one picture per request here; use /v1/predict/batch")
         return (await predict(pictures, top))[0]
 
     @app.post("/v1/predict/batch", summary="classify several pictures (multipart field "
               "`files`, repeated)")
     async def predict_batch(request: Request, top: int = 3) -> dict[str, Any]:
-        pictures = await uploads(request, "files")
+        pictures = await uploads(request, "files", limits)
         results = await predict(pictures, top)
         return {"predictions": [{"name": name, **r}
                                 for (name, _), r in zip(pictures, results, strict=True)]}
 
 
+def add_explain_route(app: FastAPI, explainer: Predictor | None, limits: Limits) -> None:
+    """/v1/explain: a picture's prediction and its Grad-CAM, one at a time (the hooks that
+    record the model's maps would catch another request's), behind its own bounded queue."""
+    queue = InferenceQueue(dataclasses.replace(limits, threads=1))
+
+    @app.post("/v1/explain", summary="classify one picture and say where the model looked: "
+              "the Grad-CAM of its top class, 28 × 28 in [0, 1] (as /v1/predict takes it)")
+    async def explain(request: Request, top: int = 3) -> dict[str, Any]:
+        if explainer is None:
+            raise HttpError(501, ONNX_NO_GRADCAM)
+        pictures = await uploads(request, "file", limits)
+        if len(pictures) != 1:
+            raise HttpError(400, "one picture per request here")
+        check_request(pictures, top, limits)
+        [(name, data)] = pictures
+
+        def run() -> tuple[Explanation, float]:
+            start = time.perf_counter()
+            try:
+                [explained] = explain_pictures(explainer, [data], top, names=[name])
+            except CnnlabError as e:
+                raise model_error(e) from None
+            return explained, 1000 * (time.perf_counter() - start)
+
+        explained, ms = await queue.run(run)
+        cam = [[round(v, 3) for v in row] for row in explained.cam.tolist()]
+        return {**prediction_json(explained.prediction, ms), "cam": cam}
+
+
 def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | None,
-                     report: Path | None) -> None:
+                     report: Path | None, explains: bool) -> None:
     """What the page shows besides predictions: health, the model, samples, report, page."""
 
     @app.get("/healthz")
@@ -149,13 +225,14 @@ def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | Non
         return {"architecture": recipe.model.name, "recipe": recipe.to_dict(),
                 "test_accuracy": predictor.test_acc, "epoch": predictor.epoch,
                 "classes": list(CLASSES), "runtime": predictor.runtime,
-                "report": report is not None, "samples": 0 if samples is None else len(samples)}
+                "report": report is not None, "samples": 0 if samples is None else len(samples),
+                "explain": explains}
 
     @app.get("/v1/samples/{index}", summary="a test-set image as PNG; its class in the "
              "X-Class header")
     async def sample(index: int) -> Response:
         if samples is None or not 0 <= index < len(samples):
-            raise BadInput(404, f"no sample {index}")
+            raise HttpError(404, f"no sample {index}")
         buffer = io.BytesIO()
         Image.fromarray(samples.images[index].numpy(), mode="L").save(buffer, format="PNG")
         label = CLASSES[int(samples.labels[index])]
@@ -164,7 +241,7 @@ def add_model_routes(app: FastAPI, predictor: Predictor, samples: ImageSet | Non
     @app.get("/report", include_in_schema=False)
     async def report_page() -> Response:
         if report is None:
-            raise BadInput(404, "this model's run has no report")
+            raise HttpError(404, "this model's run has no report")
         return FileResponse(report)
 
     @app.get("/", include_in_schema=False)
@@ -207,9 +284,12 @@ def choose_runtime(asked: str) -> str:
 
 
 def serve(source: Path, host: str, port: int, samples: ImageSet | None,
-          model_code: str | None = None, runtime: str = "auto") -> None:
+          model_code: str | None = None, runtime: str = "auto", token: str | None = None,
+          limits: Limits | None = None) -> None:
     """Serve a run folder or checkpoint with the chosen runtime (onnxruntime: exported to
-    a temporary ONNX file first), or an .onnx model with onnxruntime."""
+    a temporary ONNX file first), or an .onnx model with onnxruntime; with a `token`, the
+    API needs it; within `limits`. Grad-CAM needs the PyTorch model: a run folder or
+    checkpoint keeps one for /v1/explain whatever the runtime; an .onnx model has none."""
     import tempfile
 
     import uvicorn
@@ -223,6 +303,10 @@ def serve(source: Path, host: str, port: int, samples: ImageSet | None,
             model = Path(tmp) / "model.onnx"
             export_onnx(source, model, model_code=model_code)
         predictor = Predictor.load(model, torch.device("cpu"), model_code)
-        app = create_app(predictor, samples, find_report(source.resolve()))
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        explainer = (None if source.suffix == ".onnx"
+                     else Predictor.load(source, torch.device("cpu"), model_code))
+        limits = limits or Limits()
+        app = create_app(predictor, samples, find_report(source.resolve()), token, limits,
+                         explainer)
+        uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_settings(limits))
 

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from cnnlab.augment import Draws, augment_batch, eval_batch
-from cnnlab.checkpoint import load_checkpoint, save_checkpoint
+from cnnlab.checkpoint import load_checkpoint, save_checkpoint, save_model
 from cnnlab.data import Datasets, ImageSet, load_datasets
 from cnnlab.device import as_input, autocast, check_precision, prepare_model
 from cnnlab.errors import CnnlabError, Interrupted
@@ -230,6 +230,9 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
                     run.write_metrics(metrics)
                     for logger in loggers:
                         logger.log_epoch(row)
+            if len(metrics) >= recipe.epochs:
+                save_model(run.model_path, {"epoch": len(metrics), "recipe": recipe.to_dict(),
+                                            "metrics": metrics, **parts.state_dict()})
         finally:
             for logger in loggers:
                 logger.close()

@@ -39,14 +39,21 @@ class ConvolutionalNetwork(nn.Module):
         self.drop = nn.Dropout()
         self.fc2 = nn.Linear(512, 10)
 
-    def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv2(conv1(x)), layer by layer or as one fused convolution."""
-        if not self.fused_stem:
-            return self.conv2(self.conv1(x))
+    def stem_kernels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """conv2∘conv1 as one 3×3 convolution of the image: its filters (64, 1, 3, 3), the
+        ones the network applies to the image, and the kernel (64, 1, 3, 3) that spreads
+        conv1's bias through conv2."""
         w1 = self.conv1.weight.flatten()                                 # (64,)
         w2 = self.conv2.weight                                           # (64, 64, 3, 3)
         weight = torch.einsum("c,ocij->oij", w1, w2).unsqueeze(1)        # (64, 1, 3, 3)
         bias_kernel = torch.einsum("c,ocij->oij", self.conv1.bias, w2).unsqueeze(1)
+        return weight, bias_kernel
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv2(conv1(x)), layer by layer or as one fused convolution."""
+        if not self.fused_stem:
+            return self.conv2(self.conv1(x))
+        weight, bias_kernel = self.stem_kernels()
         height, width = x.shape[-2] + 2, x.shape[-1] + 2                 # conv1's output size
         ones = x.new_ones(1, 1, height, width)
         bias_map = F.conv2d(ones, bias_kernel, padding=1)                # (1, 64, 30, 30)

@@ -22,13 +22,14 @@ from cnnlab.errors import CnnlabError
 from cnnlab.inference import Predictor
 from cnnlab.report import figures
 from cnnlab.report.document import Document
+from cnnlab.report.learned import learned_section
 from cnnlab.report.tables import recorded, results_table, split_by_machine, study_best, time_table
 from cnnlab.report.verdicts import ABLATION, ablation_text, more_seeds_text, results_notes
 from cnnlab.runs import Run, RunFolder, git_commit, load_runs
 
 MAX_MISCLASSIFIED = 24
 SECTIONS = ("1. Results", "2. Loss curves", "3. BatchNorm ablation", "4. Final models",
-            "5. Time to accuracy", "6. Environment")
+            "5. What the networks learned", "6. Time to accuracy", "7. Environment")
 TITLE = "Fashion-MNIST CNN study: report"
 
 
@@ -60,6 +61,7 @@ def build_report(folder: Path, data_dir: Path, command: str,
     loss_section(doc, groups)
     ablation_section(doc, groups, more_seeds)
     final_model_section(doc, groups, data_dir)
+    learned_section(doc, groups, data_dir, folder, SECTIONS[4])
     time_section(doc, timed)
     environment_section(doc, [r for runs in groups.values() for r in runs], command)
     return doc.write(folder / "REPORT.md", folder / "report.html", TITLE)
@@ -205,7 +207,7 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
     """Time to the study's best accuracy, one table per machine the runs recorded: times
     compare only within a machine, so runs that recorded none are listed apart."""
     target = study_best()
-    doc.heading(2, SECTIONS[4])
+    doc.heading(2, SECTIONS[5])
     doc.figure("time-to-accuracy.png", figures.time_figure(groups, target),
                "Test accuracy against cumulative training time, every seed (axis from 85%)")
     for machine, on_machine in split_by_machine(groups).items():
@@ -231,7 +233,7 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
 
 def environment_section(doc: Document, runs: list[Run], command: str) -> None:
     started = sorted(str(r.info["started"]) for r in runs if r.info.get("started"))
-    doc.heading(2, SECTIONS[5])
+    doc.heading(2, SECTIONS[6])
     doc.table(["", "this report", "training runs (as recorded)"], [
         ["cnnlab", __version__, recorded(runs, "cnnlab", "unknown")],
         ["git commit", git_commit() or "unknown", recorded(runs, "git_commit", "unknown")],
