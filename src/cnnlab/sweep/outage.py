@@ -32,9 +32,9 @@ class Outage:
     """The state of one storage's connection, shared by the threads that call it."""
 
     def __init__(self, say: Callable[[str], None], is_lost: Callable[[BaseException], bool],
-                 max_delay: float, patience: float = PATIENCE_S) -> None:
+                 max_delay: float) -> None:
         self.say, self.is_lost = say, is_lost
-        self.max_delay, self.patience = max_delay, patience
+        self.max_delay, self.patience = max_delay, PATIENCE_S
         self._lock = threading.Lock()
         self._since: float | None = None  # when the current outage began (monotonic)
         self._ended = -float("inf")  # when the last outage ended (monotonic)
