@@ -214,3 +214,45 @@ def trials_error(capsys, name: str, storage: str) -> str:  # noqa: F811
     assert err.count("\n") == 1
     return err
 
+
+
+def test_a_trial_requeued_while_its_worker_lives_is_trained_once(tmp_path: Path,
+                                                                 data_dir: Path, capsys,
+                                                                 monkeypatch):
+    """What a worker cut off from the storage for longer than the grace period meets: its
+    live trial failed and requeued by another. The retry waits for the run folder, the first
+    worker's late result is not told over the retry's, and the run is trained once."""
+    from cnnlab.sweep import engine
+    from cnnlab.sweep.storage import open_storage
+    from cnnlab.sweep.sweeps import load_sweep
+
+    journal, root, name = str(tmp_path / "s.journal"), tmp_path / "runs", "twice"
+    assert main(["sweep", "create", name, "--storage", journal, "--recipe", "lenet",
+                 "--grid", "seed=0", "--set", "epochs=3", *TINY]) == 0
+    work = ["sweep", "work", name, "--storage", journal, "--runs-root", str(root),
+            "--data-dir", str(data_dir)]
+    optuna_study, _ = load_sweep(name, open_storage(journal))
+    log_epoch, other = worker.TrialLogger.log_epoch, []
+
+    def requeued_by_another_after_epoch_1(self, row: dict) -> None:
+        log_epoch(self, row)
+        if row["epoch"] != 1:
+            return
+        failed = engine.fail_running(optuna_study._storage, engine.storage_id(self.trial))
+        engine.retry(optuna_study, failed)
+        other.append(cli(*work))
+        deadline = time.monotonic() + 120
+        while not engine.trials(optuna_study, "RUNNING"):  # the other took the retry
+            assert other[0].poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+
+    monkeypatch.setattr(worker.TrialLogger, "log_epoch", requeued_by_another_after_epoch_1)
+    capsys.readouterr()
+    assert main(work) == 0
+    assert "trial 0 was requeued by another worker" in capsys.readouterr().err
+    out = finish(other[0])
+    assert "lenet-seed0: waiting for" in out and "trial 1 lenet-seed0: finished earlier" in out
+    done = trials(capsys, name, journal, root)
+    assert [t["state"] for t in done] == ["FAIL", "COMPLETE"]
+    rows = read_metrics(root / name / "runs/lenet-seed0/metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and done[1]["value"] == rows[-1]["test_acc"]

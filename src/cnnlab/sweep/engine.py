@@ -248,9 +248,12 @@ def finish(optuna_study: Study, trial: Trial, state: str, value: float | None = 
     """Record how a trial ended: COMPLETE with its value, PRUNED or FAIL. False when it had
     ended already: failed and requeued by another worker while this one could not reach
     the storage (its retry then takes the run folder as this worker leaves it)."""
-    wanted = _optuna().trial.TrialState[state]
-    stored = optuna_study.tell(trial, value, state=wanted, skip_if_finished=True)
-    return stored.state == wanted
+    # The study's storage is private in Optuna; a trial's state must come from it, fresh.
+    if optuna_study._storage.get_trial(storage_id(trial)).state.is_finished():
+        return False
+    optuna_study.tell(trial, value, state=_optuna().trial.TrialState[state],
+                      skip_if_finished=True)  # failed by another worker a moment ago: as above
+    return True
 
 
 def ended_elsewhere(error: BaseException) -> bool:

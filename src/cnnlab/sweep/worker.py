@@ -165,25 +165,31 @@ class Worker:
                                       "last checkpoint: free some space and run `cnnlab "
                                       "sweep work` again") from None
                 self.say(f"trial {trial.number} failed: {e}")
-                trial.set_user_attr("error", str(e))
-                self.record(trial, "FAIL")
+                self.record(trial, "FAIL", error=str(e))
                 return
             except BaseException as e:
-                if engine.ended_elsewhere(e):
-                    self.record(trial, "FAIL")  # says what happened
+                if engine.ended_elsewhere(e):  # reported to a trial another worker failed
+                    self.record(trial, "FAIL")  # says so
                     return
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-                engine.finish(self.optuna_study, trial, "FAIL")
+                self.record(trial, "FAIL", error=f"{type(e).__name__}: {e}")
                 raise
         if self.record(trial, "COMPLETE", value):
             self.say(f"trial {trial.number} finished: {self.spec.metric} {value:.4f} "
                      f"({self.progress()})")
 
-    def record(self, trial: Trial, state: str, value: float | None = None) -> bool:
-        """Tell the sweep how the trial ended; False (saying why) when another worker had
-        failed and requeued it while this one could not reach the storage."""
-        if engine.finish(self.optuna_study, trial, state, value):
-            return True
+    def record(self, trial: Trial, state: str, value: float | None = None,
+               error: str | None = None) -> bool:
+        """Tell the sweep how the trial ended (and why, for a failure); False (saying why)
+        when another worker had failed and requeued it while this one could not reach the
+        storage."""
+        try:
+            if error is not None:
+                trial.set_user_attr("error", error)
+            if engine.finish(self.optuna_study, trial, state, value):
+                return True
+        except Exception as e:
+            if not engine.ended_elsewhere(e):
+                raise
         self.say(f"trial {trial.number} was requeued by another worker while this one could "
                  "not reach the storage; the retry takes its run folder as it is now")
         return False
