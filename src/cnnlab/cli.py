@@ -43,7 +43,8 @@ def shared_options() -> Parents:
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     user_code = Parser(add_help=False)
     user_code.add_argument("--model-code", metavar="FILE.py|MODULE",
-                           help="the code of your own network, when the run used one")
+                           help="the code of your own network, when a recipe file, sweep "
+                           "or run names it (imported only when named here)")
     heartbeat = Parser(add_help=False)
     heartbeat.add_argument("--heartbeat", type=int, default=20, metavar="S",
                          help="database storage: a running trial's heartbeat every S seconds; "

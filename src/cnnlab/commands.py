@@ -19,7 +19,15 @@ from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
 from cnnlab.inference import Predictor, format_json, format_text, load_image
 from cnnlab.loggers import ConsoleLogger, Logger, TensorBoardLogger
-from cnnlab.models import count_macs, count_parameters, get_model, is_user_code, list_models
+from cnnlab.models import (
+    code_of,
+    count_macs,
+    count_parameters,
+    get_model,
+    is_user_code,
+    list_models,
+    trusted_code,
+)
 from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
 from cnnlab.runs import RunFolder, command_line
@@ -73,12 +81,16 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def user_code_of(recipe: Recipe, given: str | None) -> str | None:
-    """The source of a user's network that this command line names (never a file merely
-    recorded in a run folder)."""
-    if given is not None or not is_user_code(recipe.model.name):
+def user_code_of(recipe: Recipe, given: str | None, typed: bool, origin: str) -> str | None:
+    """The source of a user's network that this command line names: a network typed on it
+    (`--model my_nets.py:Net`, `--set model.name=…`) names its own code; one that a recipe
+    file (`origin`) names must be named again with --model-code (never a file merely
+    written in a recipe, run folder or checkpoint)."""
+    if not is_user_code(recipe.model.name):
         return given
-    return recipe.model.name.rsplit(":", 1)[0]
+    if typed:
+        return given if given is not None else code_of(recipe.model.name)
+    return trusted_code(recipe.model.name, origin, given)
 
 
 def make_loggers(args: argparse.Namespace, recipe: Recipe) -> list[Logger]:
@@ -112,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         base = (recipes.load_file(Path(args.recipe_file)) if args.recipe_file
                 else recipes.builtin(args.name))
         recipe = base.with_overrides(overrides) if overrides else base
-        code = user_code_of(recipe, args.model_code)
+        code = user_code_of(recipe, args.model_code, typed="model.name" in overrides,
+                            origin=args.recipe_file or f"recipe {recipe.name}")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = RunFolder(args.out or Path("runs") / f"{recipe.name}-{stamp}")
         run.claim(args.overwrite)

@@ -2,6 +2,7 @@
 
 from cnnlab.models import alexnet, custom, lenet, speednet  # noqa: F401  (registers them)
 from cnnlab.models.registry import (
+    code_of,
     count_macs,
     count_parameters,
     create_model,
@@ -10,7 +11,8 @@ from cnnlab.models.registry import (
     is_user_code,
     list_models,
     register_model,
+    trusted_code,
 )
 
-__all__ = ["count_macs", "count_parameters", "create_model", "fit_to_data", "get_model",
-           "is_user_code", "list_models", "register_model"]
+__all__ = ["code_of", "count_macs", "count_parameters", "create_model", "fit_to_data",
+           "get_model", "is_user_code", "list_models", "register_model", "trusted_code"]

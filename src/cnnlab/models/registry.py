@@ -44,6 +44,34 @@ def is_user_code(name: str) -> bool:
     return ":" in name
 
 
+def code_of(name: str) -> str:
+    """The source a user-code name imports: `my_nets.py` of `my_nets.py:TinyResNet`."""
+    return name.rsplit(":", 1)[0]
+
+
+def same_code(given: str, named: str) -> bool:
+    """Whether --model-code `given` is the source `named`: the same file (paths compared
+    resolved) or the same module."""
+    if given.endswith(".py") and named.endswith(".py"):
+        return Path(given).expanduser().resolve() == Path(named).expanduser().resolve()
+    return given == named
+
+
+def trusted_code(name: str, origin: str, given: str | None) -> str | None:
+    """The code a model named in `origin` (a recipe file, a sweep) may import: only the
+    code this command line names again with --model-code. A recipe file is data that may
+    come from anyone; importing the code it names would run that code, so naming it is
+    not enough, exactly as for a run folder or a checkpoint."""
+    if not is_user_code(name):
+        return given
+    named = code_of(name)
+    if given is None or not same_code(given, named):
+        instead = "" if given is None else f", not --model-code {given}"
+        raise CnnlabError(f"{origin} names code {name}{instead}; running it imports that "
+                          f"file: pass --model-code {named} if you trust it")
+    return given
+
+
 def factory_of(name: str, code: str | None = None) -> Factory:
     """The factory behind a model name. A user-code name is imported only from `code`, the
     source the user named in this command (the part before ':' of the name, or the file
@@ -58,7 +86,7 @@ def factory_of(name: str, code: str | None = None) -> Factory:
     if code is None:
         raise CnnlabError(f"model {name!r} is user code; cnnlab does not import code because "
                           "a run folder or checkpoint names it: pass --model-code "
-                          f"{name.rsplit(':', 1)[0]} to load it")
+                          f"{code_of(name)} to load it")
     module = _import_user_module(code)
     attribute = name.rsplit(":", 1)[1]
     factory = getattr(module, attribute, None)

@@ -13,6 +13,7 @@ from cnnlab.cli_common import format_table, named_recipe, print_results
 from cnnlab.data import resolve_data_dir
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
+from cnnlab.models import trusted_code
 from cnnlab.runs import command_line
 from cnnlab.sweep.definition import grid_spec, parse_grid, parse_params, search_spec
 from cnnlab.sweep.status import state_counts, status_json, trial_rows, write_search_report
@@ -53,7 +54,9 @@ def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespa
     """Work on sweep `name` with args.workers processes here; runs go to runs_root/name."""
     if args.workers < 1 or args.heartbeat < 1:
         raise CnnlabError("--workers and --heartbeat must be >= 1")
-    load_sweep(name, open_storage(storage, args.heartbeat))  # fail here, not K times
+    _, spec = load_sweep(name, open_storage(storage, args.heartbeat))  # fail here, not K times
+    for model in spec.model_names():  # stored recipes are data: their code needs naming here
+        trusted_code(model, f"sweep {name}", args.model_code)
     if args.workers == 1:
         work(name, storage, runs_root / name, resolve_data_dir(args.data_dir),
              resolve_device(args.device), args.heartbeat, args.model_code)

@@ -176,6 +176,15 @@ class SweepSpec:
             return recipe.name + (f"-seed{values['seed']}" if "seed" in values else "")
         return trial_label(f"trial{trial.number:03d}", values)
 
+    def model_names(self) -> list[str]:
+        """Every network the sweep's trials build (each grid point's, a search's ends)."""
+        if self.kind == "grid":
+            built = [self.recipe(point) for point in self.points()]
+        else:
+            built = [self.recipe({})] + [self.recipe({k: end}) for k, p in self.params.items()
+                                         for end in Param(**p).ends()]
+        return sorted({recipe.model.name for recipe in built})
+
     def base_epochs(self) -> int:
         """The epochs of the first recipe with --set: a hyperband pruner's longest trial."""
         return parse_recipe(next(iter(self.recipes.values())), "recipe").with_overrides(

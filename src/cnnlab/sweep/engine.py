@@ -10,10 +10,16 @@ each saying why.
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab.errors import CnnlabError
+from cnnlab.sweep import journal
+from cnnlab.sweep.outage import Outage
 
 if TYPE_CHECKING:
     from optuna import Study, Trial
@@ -41,19 +47,64 @@ def require() -> None:
 
 # --------------------------------------------------------------------------- storages
 
-def journal_storage(path: str) -> Any:
-    """A journal file: one machine, any number of worker processes."""
+def journal_storage(path: str, say: Callable[[str], None]) -> Any:
+    """A journal file: one machine, any number of worker processes. A record torn by a
+    crash is mended first (see `journal.mend`), under the lock Optuna's writers take."""
     optuna = _optuna()
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path))
+    backend = optuna.storages.journal.JournalFileBackend(path)
+    # Optuna's lock is private API: the one every writer of this file takes.
+    with optuna.storages.journal._file.get_lock_file(backend._lock):
+        journal.mend(Path(path), say)
+    return optuna.storages.JournalStorage(backend)
 
 
-def database_storage(url: str, heartbeat: int) -> Any:
+def database_storage(url: str, heartbeat: int, say: Callable[[str], None]) -> Any:
     """A database (SQLAlchemy URL) whose running trials record a heartbeat every `heartbeat`
-    seconds; one silent for three intervals is requeued by the next worker that looks."""
-    optuna = _optuna()
-    return optuna.storages.RDBStorage(
+    seconds; one silent for three intervals is requeued by the next worker that looks.
+    Every call rides out a lost connection (see `Outage`), retrying at most every
+    `heartbeat` seconds, so that a trial's owner beats again within one interval of the
+    server's return."""
+    storage = _patient_rdb_storage()(
         url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
         grace_period=3 * heartbeat, heartbeat_stale_trial_callback=_retry_policy())
+    storage.outage = Outage(say, connection_lost, max_delay=heartbeat)
+    return storage
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether `error` (or what caused it: Optuna wraps SQLAlchemy's errors) is a lost or
+    refused database connection, which a retry may outlast."""
+    import sqlalchemy.exc
+
+    lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            sqlalchemy.exc.DisconnectionError)
+    while error is not None:
+        if isinstance(error, lost):
+            return True
+        error = error.__cause__
+    return False
+
+
+@functools.cache
+def _patient_rdb_storage() -> type:
+    """RDBStorage whose every storage call (the BaseStorage and BaseHeartbeat interface,
+    which is all that Optuna and cnnlab call) goes through its `outage`. A subclass, not a
+    wrapper, because Optuna treats an RDBStorage specially (caching, heartbeats)."""
+    optuna = _optuna()
+    base = optuna.storages.RDBStorage
+    interface = {name for cls in (optuna.storages.BaseStorage,
+                                  optuna.storages._heartbeat.BaseHeartbeat)
+                 for name, member in vars(cls).items()
+                 if callable(member) and not name.startswith("__")}
+
+    def patient(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return self.outage.call(lambda: method(self, *args, **kwargs))
+        return call
+
+    methods = {name: patient(getattr(base, name)) for name in sorted(interface)}
+    return type("PatientRDBStorage", (base,), methods)
 
 
 def is_database(storage: Any) -> bool:
@@ -152,9 +203,34 @@ def retry(optuna_study: Study, failed: FrozenTrial) -> None:
     _retry_policy()(optuna_study, failed)
 
 
-def requeue_stale(optuna_study: Study) -> None:
-    """On a database: fail and requeue the running trials whose heartbeat stopped."""
+def requeue_stale(optuna_study: Study, storage: Any) -> None:
+    """On a database: fail and requeue the running trials whose heartbeat stopped.
+
+    A heartbeat can only be missing for a time the database could record it, so no trial is
+    judged before the server has been up, and this worker's own connection has been
+    working, for a whole grace period (three intervals). A restart or an outage thus never
+    makes a live trial look stale: its owner retries at most every interval, and beats
+    again within one interval of the server's return, long before anyone judges it."""
+    grace = storage.grace_period
+    if storage.outage.steady_for() < grace or _server_uptime(storage) < grace:
+        return
     _optuna().storages.fail_stale_trials(optuna_study)
+
+
+def _server_uptime(storage: Any) -> float:
+    """Seconds since the PostgreSQL server started (infinite on other databases, which
+    cnnlab does not document)."""
+    if storage.engine.dialect.name != "postgresql":
+        return math.inf
+    import sqlalchemy
+
+    query = sqlalchemy.text("SELECT EXTRACT(EPOCH FROM now() - pg_postmaster_start_time())")
+
+    def uptime() -> float:
+        with storage.engine.connect() as connection:
+            return float(connection.execute(query).scalar())
+
+    return storage.outage.call(uptime)
 
 
 def open_trial(optuna_study: Study, storage: Any, trial_id: int, seed: int | None) -> Trial:
@@ -168,9 +244,22 @@ def open_trial(optuna_study: Study, storage: Any, trial_id: int, seed: int | Non
     return optuna.Trial(optuna_study, trial_id)
 
 
-def finish(optuna_study: Study, trial: Trial, state: str, value: float | None = None) -> None:
-    """Record how a trial ended: COMPLETE with its value, PRUNED or FAIL."""
-    optuna_study.tell(trial, value, state=_optuna().trial.TrialState[state])
+def finish(optuna_study: Study, trial: Trial, state: str, value: float | None = None) -> bool:
+    """Record how a trial ended: COMPLETE with its value, PRUNED or FAIL. False when it had
+    ended already: failed and requeued by another worker while this one could not reach
+    the storage (its retry then takes the run folder as this worker leaves it)."""
+    # The study's storage is private in Optuna; a trial's state must come from it, fresh.
+    if optuna_study._storage.get_trial(storage_id(trial)).state.is_finished():
+        return False
+    optuna_study.tell(trial, value, state=_optuna().trial.TrialState[state],
+                      skip_if_finished=True)  # failed by another worker a moment ago: as above
+    return True
+
+
+def ended_elsewhere(error: BaseException) -> bool:
+    """Whether `error` says the trial being run was ended by another worker (reporting to,
+    or setting an attribute of, a finished trial)."""
+    return isinstance(error, _optuna().exceptions.UpdateFinishedTrialError)
 
 
 def queued_params(trial: FrozenTrial) -> dict[str, Any]:

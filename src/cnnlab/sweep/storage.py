@@ -3,6 +3,8 @@ many machines share."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +15,23 @@ DEFAULT_STORAGE = "runs/sweeps/optuna.journal"
 DEFAULT_RUNS_ROOT = "runs/sweeps"
 
 
-def open_storage(url: str, heartbeat: int = 20) -> Any:
+def say_to_stderr(text: str) -> None:
+    print(f"cnnlab: {text}", file=sys.stderr, flush=True)
+
+
+def open_storage(url: str, heartbeat: int = 20,
+                 say: Callable[[str], None] = say_to_stderr) -> Any:
     """A journal file (any path) or a database URL (postgresql://user:pw@host/db).
 
     On a database each running trial records a heartbeat every `heartbeat` seconds; one
-    silent for three intervals is failed and requeued by the next worker that looks."""
+    silent for three intervals is failed and requeued by the next worker that looks. `say`
+    hears the one-line notes: a lost and regained database connection, a mended journal."""
     engine.require()
     if "://" not in url:
         path = Path(url).expanduser()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return engine.journal_storage(str(path))
+            return engine.journal_storage(str(path), say)
         except OSError as e:
             raise CnnlabError(f"--storage {url}: cannot open the journal file ({e.strerror})"
                               ) from None
@@ -34,7 +42,7 @@ def open_storage(url: str, heartbeat: int = 20) -> Any:
 
     try:
         return engine.database_storage(
-            url.replace("postgresql://", "postgresql+psycopg://", 1), heartbeat)
+            url.replace("postgresql://", "postgresql+psycopg://", 1), heartbeat, say)
     except ModuleNotFoundError as e:
         raise CnnlabError(f"--storage {safe_url(url)}: the database driver {e.name} is "
                           f"missing; install it with {engine.INSTALL_HINT}") from None

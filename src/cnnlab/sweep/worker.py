@@ -10,6 +10,7 @@ The requeued trial keeps its parameters and run folder, so it continues from the
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import socket
@@ -29,7 +30,9 @@ from cnnlab.loggers import Logger, format_epoch
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder
 from cnnlab.sweep import engine
+from cnnlab.sweep.claim import claim_folder
 from cnnlab.sweep.definition import SweepSpec
+from cnnlab.sweep.outage import StorageUnreachable
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.sweeps import load_sweep
 from cnnlab.train import resumable_epochs, start_or_resume
@@ -63,6 +66,21 @@ def process_token(pid: int) -> str | None:
         return "?"
 
 
+def say_tagged(text: str) -> None:
+    """Say a line as this process's worker does (for the storage's notes)."""
+    print(f"[{socket.gethostname()}:{os.getpid()}] {text}", file=sys.stderr, flush=True)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` comes from a full disk or quota (a write that an atomic write
+    undid, so the run folder holds its last checkpoint as it was)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__
+    return False
+
+
 @dataclass
 class Worker:
     optuna_study: Study
@@ -75,6 +93,7 @@ class Worker:
     poll: float = 2.0
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    lost: StorageUnreachable | None = field(default=None, init=False)  # set by the heartbeat
 
     @property
     def tag(self) -> str:
@@ -103,7 +122,7 @@ class Worker:
         """Requeue the trials of dead workers: by heartbeat on a database; on a journal
         file (one machine, no heartbeats) by whether the worker's process still lives."""
         if engine.is_database(self.storage):
-            engine.requeue_stale(self.optuna_study)
+            engine.requeue_stale(self.optuna_study, self.storage)
             return
         for trial in engine.trials(self.optuna_study, "RUNNING"):
             worker = trial.user_attrs.get("worker")
@@ -131,23 +150,49 @@ class Worker:
                 value = self.objective(trial)
             except TrialPruned as e:
                 self.say(f"trial {trial.number} pruned: {e}")
-                engine.finish(self.optuna_study, trial, "PRUNED")
+                self.record(trial, "PRUNED")
                 return
             except (Interrupted, KeyboardInterrupt):
                 self.requeue(engine.storage_id(trial), "its worker was stopped")
                 raise
+            except StorageUnreachable:
+                raise  # nothing can be recorded now; the trial is requeued once it is back
             except CnnlabError as e:
+                if disk_full(e):  # every trial would fail alike: requeue this one and stop
+                    self.requeue(engine.storage_id(trial), str(e))
+                    raise CnnlabError(f"the disk of {self.sweep_dir} is full; trial "
+                                      f"{trial.number} is requeued and continues from its "
+                                      "last checkpoint: free some space and run `cnnlab "
+                                      "sweep work` again") from None
                 self.say(f"trial {trial.number} failed: {e}")
-                trial.set_user_attr("error", str(e))
-                engine.finish(self.optuna_study, trial, "FAIL")
+                self.record(trial, "FAIL", error=str(e))
                 return
             except BaseException as e:
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-                engine.finish(self.optuna_study, trial, "FAIL")
+                if engine.ended_elsewhere(e):  # reported to a trial another worker failed
+                    self.record(trial, "FAIL")  # says so
+                    return
+                self.record(trial, "FAIL", error=f"{type(e).__name__}: {e}")
                 raise
-        engine.finish(self.optuna_study, trial, "COMPLETE", value)
-        self.say(f"trial {trial.number} finished: {self.spec.metric} {value:.4f} "
-                 f"({self.progress()})")
+        if self.record(trial, "COMPLETE", value):
+            self.say(f"trial {trial.number} finished: {self.spec.metric} {value:.4f} "
+                     f"({self.progress()})")
+
+    def record(self, trial: Trial, state: str, value: float | None = None,
+               error: str | None = None) -> bool:
+        """Tell the sweep how the trial ended (and why, for a failure); False (saying why)
+        when another worker had failed and requeued it while this one could not reach the
+        storage."""
+        try:
+            if error is not None:
+                trial.set_user_attr("error", error)
+            if engine.finish(self.optuna_study, trial, state, value):
+                return True
+        except Exception as e:
+            if not engine.ended_elsewhere(e):
+                raise
+        self.say(f"trial {trial.number} was requeued by another worker while this one could "
+                 "not reach the storage; the retry takes its run folder as it is now")
+        return False
 
     def progress(self) -> str:
         waiting = len(engine.trials(self.optuna_study, "WAITING"))
@@ -156,8 +201,11 @@ class Worker:
 
     @contextlib.contextmanager
     def heartbeat(self, trial_id: int) -> Iterator[None]:
-        """Record the trial's heartbeat in a thread while it runs (databases only)."""
+        """Record the trial's heartbeat in a thread while it runs (databases only). A beat
+        rides out a short outage (the storage retries it); when the storage stays away
+        longer, the thread notes it in `lost`, and the trial stops at its next step."""
         interval = engine.heartbeat_interval(self.storage)
+        self.lost = None
         if interval is None:
             yield
             return
@@ -165,7 +213,11 @@ class Worker:
 
         def beat() -> None:
             while True:
-                engine.record_heartbeat(self.storage, trial_id)
+                try:
+                    engine.record_heartbeat(self.storage, trial_id)
+                except StorageUnreachable as e:
+                    self.lost = e
+                    return
                 if stop.wait(interval):
                     return
 
@@ -196,16 +248,18 @@ class Worker:
         returns its metrics."""
         run = RunFolder(self.sweep_dir / "runs" / name)
         label = f"trial {trial.number} {name}"
-        done = resumable_epochs(run, recipe)
-        if not done:
-            run.claim(overwrite=True)  # a start that never finished an epoch
-        if done >= recipe.epochs:
-            self.say(f"{label}: finished earlier")
-            return run.read_metrics()
-        return start_or_resume(recipe, run, self.data_dir, self.device, resume=done > 0,
-                               loggers=[TrialLogger(self, trial, label, recipe.epochs)],
-                               model_code=self.model_code,
-                               say=lambda text: self.say(f"{label}: {text}"))
+        say = lambda text: self.say(f"{label}: {text}")  # noqa: E731
+        with claim_folder(self.sweep_dir / "locks" / f"{name}.lock",
+                          f"{self.host}:{self.pid} (trial {trial.number})", say):
+            done = resumable_epochs(run, recipe)
+            if not done:
+                run.claim(overwrite=True)  # a start that never finished an epoch
+            if done >= recipe.epochs:
+                say("finished earlier")
+                return run.read_metrics()
+            return start_or_resume(recipe, run, self.data_dir, self.device, resume=done > 0,
+                                   loggers=[TrialLogger(self, trial, label, recipe.epochs)],
+                                   model_code=self.model_code, say=say)
 
 
 class TrialLogger(Logger):
@@ -213,6 +267,10 @@ class TrialLogger(Logger):
 
     def __init__(self, worker: Worker, trial: Trial, label: str, epochs: int) -> None:
         self.worker, self.trial, self.label, self.epochs = worker, trial, label, epochs
+
+    def log_step(self, step: int, values: dict[str, float]) -> None:
+        if self.worker.lost is not None:  # the last checkpoint stands; see Worker.heartbeat
+            raise self.worker.lost
 
     def log_epoch(self, row: dict[str, Any]) -> None:
         spec = self.worker.spec
@@ -228,7 +286,7 @@ class TrialLogger(Logger):
 def work(name: str, storage_url: str, sweep_dir: Path, data_dir: Path, device: torch.device,
          heartbeat: int, model_code: str | None = None) -> int:
     """One worker in this process; returns how many trials it ran."""
-    storage = open_storage(storage_url, heartbeat)
+    storage = open_storage(storage_url, heartbeat, say_tagged)
     optuna_study, spec = load_sweep(name, storage)
     optuna_study.pruner = engine.pruner(spec.pruner, spec.base_epochs())
     worker = Worker(optuna_study, storage, spec, sweep_dir, data_dir, device, model_code,
