@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from cnnlab.explain import (
     feature_maps,
     first_filters,
     grad_cam,
+    recorded_calls,
     relu_firing,
 )
 from cnnlab.inference import OnnxPredictor, Predictor, format_text
@@ -74,6 +76,21 @@ def test_grad_cam_shape_range_determinism_and_no_parameter_grads() -> None:
         torch.testing.assert_close(cams, grad_cam(model, images, batch_size=2))
         assert all(p.grad is None for p in model.parameters())
         assert not model.training
+
+
+def test_grad_cam_works_inside_inference_mode_and_ignores_other_threads() -> None:
+    """A server calls it from worker threads that may run the same model at the same time."""
+    model, image = BrightOrDark(), patch_image()
+    expected = grad_cam(model, image[None])
+    with torch.inference_mode():
+        assert torch.equal(grad_cam(model, image[None]), expected)
+    with recorded_calls(model, (nn.ReLU,)) as calls:
+        other = threading.Thread(target=model, args=(torch.zeros(1, 1, 28, 28),))
+        other.start()
+        other.join()
+        assert calls == []
+        model(torch.zeros(1, 1, 28, 28))
+        assert [c.name for c in calls] == ["act"]
 
 
 def test_grad_cam_highlights_where_the_answer_came_from() -> None:
