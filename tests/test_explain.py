@@ -298,6 +298,7 @@ def test_report_learns_from_model_pt_and_says_when_no_folder_keeps_one(
         assert f"(figures/{name})" in text
         assert (study / "figures" / name).read_bytes().startswith(PNG)
     assert "No test image is misclassified" in text  # the tiny network gets them all
+    assert "Dead ReLUs" not in text  # the study has none of the BatchNorm ablation's recipes
     assert "cnnlab explain" in text and "--test-images" in text
     first = {p.name: p.read_bytes() for p in (study / "figures").iterdir()}
     build_report(study, synthetic_dir, "cnnlab report STUDY")

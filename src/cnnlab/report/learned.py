@@ -169,11 +169,9 @@ def model_run(runs: list[Run]) -> Run | None:
                 None)
 
 
-def first_of_each_class(data: ImageSet) -> ImageSet:
-    """The first test image of each class present, in class order."""
-    index = [int((data.labels == c).nonzero()[0]) for c in range(len(CLASSES))
-             if (data.labels == c).any()]
-    return ImageSet(data.images[index], data.labels[index])
+def first_of_each_class(labels: torch.Tensor) -> list[int]:
+    """The index of the first image of each class present, in class order."""
+    return [int((labels == c).nonzero()[0]) for c in range(len(CLASSES)) if (labels == c).any()]
 
 
 def learned_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path,
@@ -199,7 +197,12 @@ def learned_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path,
                      "and `cnnlab export RUN --out RUN/model.pt` writes it from a run's last.pt.")
             continue
         doc.heading(3, f"{recipe} ({run.path.name})")
-        model_part(doc, recipe, run, Predictor.load(run.path), test_set)
+        try:
+            predictor = Predictor.load(run.path)
+        except CnnlabError as e:  # e.g. a network of the user's own, whose code is not given
+            doc.para(f"Skipped: {e}")
+            continue
+        model_part(doc, recipe, run, predictor, test_set)
     dead_relu_part(doc, groups, test_set)
 
 
@@ -218,14 +221,18 @@ def model_part(doc: Document, recipe: str, run: Run, predictor: Predictor,
             f"{recipe}: the first layer's filters as the network applies them to the image"
             + (" (conv1 is 1×1, so these are conv2∘conv1, one 3×3 convolution)"
                if isinstance(model, ConvolutionalNetwork) else ""))
-    examples = first_of_each_class(data)
-    index = ",".join(str(int((data.labels == c).nonzero()[0])) for c in examples.labels)
+    index = first_of_each_class(data.labels)
+    examples = ImageSet(data.images[index], data.labels[index])
+    maps = blocks(model, examples.images)
+    if not maps:
+        doc.para("This network has no convolutional block (a nonlinearity whose output is a "
+                 "C×H×W map), so it has no feature maps and no Grad-CAM.")
+        return
     doc.figure(f"features-{recipe}.png", class_features_figure(
-        f"{recipe}: feature maps of the first test image of each class", examples,
-        blocks(model, examples.images)),
+        f"{recipe}: feature maps of the first test image of each class", examples, maps),
         f"{recipe}: each convolutional block's {CLASS_CHANNELS} strongest channels on the "
-        f"first test image of each class; all channels of one image: `cnnlab explain "
-        f"{run.path} --test-images {index}`")
+        f"first test image of each class; {IMAGE_CHANNELS} per block, image by image: "
+        f"`cnnlab explain {run.path} --test-images {','.join(map(str, index))}`")
     predicted = predictor.logits(data.images).argmax(1).cpu()
     wrong = (predicted != data.labels).nonzero().flatten()[:MAX_GRADCAM]
     if not len(wrong):
@@ -243,7 +250,10 @@ def model_part(doc: Document, recipe: str, run: Run, predictor: Predictor,
 
 
 def dead_relu_part(doc: Document, groups: dict[str, list[Run]], test_set: ImageSet) -> None:
-    """Dead ReLU units per layer of every finished ablation run that keeps a model."""
+    """Dead ReLU units per layer of every finished ablation run that keeps a model (nothing
+    when the study has none of the ablation's recipes)."""
+    if not any(name in groups for name in DEAD_RELU_RECIPES):
+        return
     runs = [r for name in DEAD_RELU_RECIPES for r in groups.get(name, [])
             if r.complete and RunFolder(r.path).model_source.is_file()]
     doc.heading(3, "Dead ReLUs in the BatchNorm ablation")
@@ -254,7 +264,11 @@ def dead_relu_part(doc: Document, groups: dict[str, list[Run]], test_set: ImageS
         return
     counts = []
     for run in runs:
-        predictor = Predictor.load(run.path)
+        try:
+            predictor = Predictor.load(run.path)
+        except CnnlabError as e:
+            doc.para(f"{run.path.name} left out: {e}")
+            continue
         data = test_set.head(predictor.recipe.limit_test)
         counts.append((run, len(data), dead_units(predictor.model, data.images)))
     layers = list(dict.fromkeys(name for _, _, found in counts for name, _, _ in found))
