@@ -13,6 +13,7 @@ abstract map that still has a position.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,13 +57,17 @@ class Call:
 
 @contextmanager
 def recorded_calls(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> Iterator[list[Call]]:
-    """While open, every call of a module of `kinds` appends a `Call` to the list yielded,
-    in call order."""
+    """While open, every call of a module of `kinds` made by this thread appends a `Call`
+    to the list yielded, in call order (a server's other threads may be running the same
+    model meanwhile: their calls are not this pass's)."""
     calls: list[Call] = []
     names = {m: name for name, m in model.named_modules() if isinstance(m, kinds)}
     counts = dict.fromkeys(names, 0)
+    thread = threading.get_ident()
 
     def hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if threading.get_ident() != thread:
+            return
         counts[module] += 1
         suffix = f" (call {counts[module]})" if counts[module] > 1 else ""
         calls.append(Call(names[module] + suffix, module, output))
@@ -110,24 +115,31 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: torch.Tensor | None
     cams = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = _batch(model, chunk).requires_grad_(True)  # a map needs grad even if frozen
-        with torch.enable_grad(), recorded_calls(model, ACTIVATIONS) as calls:
-            logits = model(x)
-        maps = [c.output for c in calls if c.output.dim() == 4]
-        if not maps:
-            raise CnnlabError("Grad-CAM needs a convolutional block (a nonlinearity whose "
-                              "output is a C×H×W map); this network has none")
-        chosen = (logits.argmax(1) if target is None
-                  else target[start:start + batch_size].to(logits.device))
-        score = logits.gather(1, chosen[:, None]).sum()
-        [grads] = torch.autograd.grad(score, maps[-1])
-        weights = grads.float().mean((2, 3), keepdim=True)
-        cam = F.relu((weights * maps[-1].detach().float()).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                            align_corners=False)[:, 0]
-        peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
-        cams.append((cam / peak).cpu())
+        # Gradients even inside a caller's no_grad or inference_mode, and even for a frozen
+        # network: the input asks for them.
+        with torch.inference_mode(False), torch.enable_grad():
+            cams.append(_grad_cam_batch(model, _batch(model, chunk).requires_grad_(True),
+                                        None if target is None
+                                        else target[start:start + batch_size]))
     return torch.cat(cams)
+
+
+def _grad_cam_batch(model: nn.Module, x: torch.Tensor,
+                    target: torch.Tensor | None) -> torch.Tensor:
+    with recorded_calls(model, ACTIVATIONS) as calls:
+        logits = model(x)
+    maps = [c.output for c in calls if c.output.dim() == 4]
+    if not maps:
+        raise CnnlabError("Grad-CAM needs a convolutional block (a nonlinearity whose output "
+                          "is a C×H×W map); this network has none")
+    chosen = logits.argmax(1) if target is None else target.to(logits.device)
+    [grads] = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), maps[-1])
+    weights = grads.float().mean((2, 3), keepdim=True)
+    cam = F.relu((weights * maps[-1].detach().float()).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
+                        align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12)[:, None, None]
+    return (cam / peak).cpu()
 
 
 def relu_firing(model: nn.Module, images: torch.Tensor,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -31,6 +32,30 @@ DEAD_RELU_RECIPES = ("custom", "custom_nobn", "custom_nobn_lr1e-3")
 
 
 # --------------------------------------------------------------------------- figures
+# Many small maps are drawn as one mosaic image per axes: one axes per map made a figure
+# of a hundred maps take seconds to lay out.
+
+FEATURE_COLORS = colormaps["viridis"].with_extremes(bad="white")
+FILTER_COLORS = colormaps["RdBu_r"].with_extremes(bad="white")
+
+
+def mosaic(tiles: list[np.ndarray], cols: int) -> np.ndarray:
+    """Equal-sized 2-D tiles in a grid, row by row, one NaN pixel (the background) apart."""
+    height, width = tiles[0].shape
+    rows = -(-len(tiles) // cols)
+    out = np.full((rows * (height + 1) - 1, cols * (width + 1) - 1), np.nan)
+    for k, tile in enumerate(tiles):
+        top, left = (k // cols) * (height + 1), (k % cols) * (width + 1)
+        out[top:top + height, left:left + width] = tile
+    return out
+
+
+def scaled(values: torch.Tensor) -> np.ndarray:
+    """A feature map stretched to [0, 1] on its own (a constant map is all 0)."""
+    values = values.float()
+    low, span = values.min(), values.max() - values.min()
+    return ((values - low) / span if span > 0 else values * 0).numpy()
+
 
 def _image(ax: Axes, image: torch.Tensor, title: str = "", fontsize: float = 7) -> None:
     ax.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
@@ -43,12 +68,6 @@ def _overlay(ax: Axes, image: torch.Tensor, cam: torch.Tensor, title: str,
     """The 28×28 image with its Grad-CAM laid over it (red: where the class's evidence is)."""
     _image(ax, image, title, fontsize)
     ax.imshow(cam.numpy(), cmap="jet", vmin=0, vmax=1, alpha=0.45, interpolation="bilinear")
-
-
-def _map(ax: Axes, values: torch.Tensor, title: str = "") -> None:
-    ax.imshow(values.numpy(), cmap="viridis", interpolation="nearest")
-    ax.set_title(title, fontsize=6)
-    ax.axis("off")
 
 
 def strongest(maps: torch.Tensor, count: int) -> list[int]:
@@ -70,40 +89,36 @@ def gradcam_figure(title: str, image: torch.Tensor, cam: torch.Tensor) -> Figure
 
 def features_figure(title: str, image: torch.Tensor,
                     maps: list[tuple[str, torch.Tensor]]) -> Figure:
-    """One picture's feature maps: a row per convolutional block, its strongest channels."""
-    cols = min(IMAGE_CHANNELS, max(m.shape[0] for _, m in maps))
-    fig = Figure(figsize=(cols * 0.75, (len(maps) + 1) * 1.05 + 0.3), dpi=90,
-                 layout="constrained")
+    """One picture's feature maps: a row per convolutional block, its strongest channels
+    (each on its own colour scale)."""
+    fig = Figure(figsize=(12, 1.3 * (len(maps) + 1) + 0.3), dpi=90, layout="constrained")
     fig.suptitle(title, fontsize=9)
-    rows = fig.subfigures(len(maps) + 1, 1)
-    _image(rows[0].subplots(1, cols, squeeze=False)[0, 0], image, "input")
-    for ax in rows[0].axes[1:]:
+    axes = fig.subplots(len(maps) + 1, 1, squeeze=False)[:, 0]
+    _image(axes[0], image, "input", 8)
+    for ax, (name, values) in zip(axes[1:], maps, strict=True):
+        channels = strongest(values, IMAGE_CHANNELS)
+        shown = (f"the {len(channels)} strongest" if len(channels) < len(values)
+                 else "strongest first")
+        ax.imshow(mosaic([scaled(values[c]) for c in channels], IMAGE_CHANNELS),
+                  cmap=FEATURE_COLORS, vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{name}: {len(values)} channels of {values.shape[1]}×{values.shape[2]}, "
+                     f"{shown}: {', '.join(map(str, channels))}", fontsize=8)
         ax.axis("off")
-    for row, (name, values) in zip(rows[1:], maps, strict=True):
-        channels = strongest(values, cols)
-        shown = f"the {len(channels)} strongest" if len(channels) < len(values) else \
-            "strongest first"
-        row.suptitle(f"{name}: {len(values)} channels of {values.shape[1]}×{values.shape[2]}, "
-                     f"{shown}", fontsize=7)
-        for k, ax in enumerate(row.subplots(1, cols, squeeze=False)[0]):
-            ax.axis("off")
-            if k < len(channels):
-                _map(ax, values[channels[k]], f"ch {channels[k]}")
     return fig
 
 
 def filters_figure(title: str, filters: torch.Tensor) -> Figure:
-    """Each filter of the first layer, on its own symmetric colour scale (red +, blue −)."""
+    """Each filter of the first layer on its own symmetric colour scale (red +, blue −)."""
     cols = int(np.ceil(np.sqrt(len(filters))))
-    rows = -(-len(filters) // cols)
-    fig = Figure(figsize=(cols * 0.7 + 0.2, rows * 0.7 + 0.5), dpi=90, layout="constrained")
-    fig.suptitle(title, fontsize=9)
-    for k, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
-        ax.axis("off")
-        if k < len(filters):
-            bound = max(filters[k].abs().max().item(), 1e-12)
-            ax.imshow(filters[k].numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound,
-                      interpolation="nearest")
+    bound = filters.flatten(1).abs().amax(1).clamp_min(1e-12)[:, None, None]
+    tiles = list((filters / bound).numpy())
+    fig = Figure(figsize=(cols * 0.5 + 0.6, -(-len(filters) // cols) * 0.5 + 0.7), dpi=90,
+                 layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(mosaic(tiles, cols), cmap=FILTER_COLORS, vmin=-1, vmax=1,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
     return fig
 
 
@@ -112,18 +127,23 @@ def class_features_figure(title: str, data: ImageSet,
     """A row per image (one per class), a column group per block: the block's channels that
     are strongest over these images, the same channels in every row."""
     chosen = [(name, values, strongest(values, CLASS_CHANNELS)) for name, values in maps]
-    cols = 1 + sum(len(channels) for _, _, channels in chosen)
-    fig = Figure(figsize=(cols * 0.72, len(data) * 0.78 + 0.5), dpi=80, layout="constrained")
+    widths = [1] + [len(channels) for _, _, channels in chosen]
+    fig = Figure(figsize=(sum(widths) * 0.75 + 1, len(data) * 0.75 + 0.8), dpi=80,
+                 layout="constrained")
     fig.suptitle(title, fontsize=9)
-    axes = fig.subplots(len(data), cols, squeeze=False)
-    for i, row in enumerate(axes):
-        _image(row[0], data.images[i], CLASSES[int(data.labels[i])], 6)
-        col = 1
-        for name, values, channels in chosen:
-            for k, channel in enumerate(channels):
-                _map(row[col], values[i, channel],
-                     (f"{name}\nch {channel}" if k == 0 else f"ch {channel}") if i == 0 else "")
-                col += 1
+    axes = fig.subplots(1, len(widths), width_ratios=widths)
+    axes[0].imshow(mosaic(list(data.images.float().numpy()), 1), cmap="gray", vmin=0,
+                   vmax=255, interpolation="nearest", aspect="auto")
+    axes[0].set_yticks([29 * i + 13.5 for i in range(len(data))],
+                       [CLASSES[int(label)] for label in data.labels], fontsize=7)
+    axes[0].set_xticks([])
+    axes[0].set_title("input", fontsize=7)
+    for ax, (name, values, channels) in zip(axes[1:], chosen, strict=True):
+        tiles = [scaled(values[i, c]) for i in range(len(data)) for c in channels]
+        ax.imshow(mosaic(tiles, len(channels)), cmap=FEATURE_COLORS, vmin=0, vmax=1,
+                  interpolation="nearest", aspect="auto")
+        ax.set_title(f"{name}\nchannels {', '.join(map(str, channels))}", fontsize=7)
+        ax.axis("off")
     return fig
 
 
@@ -149,11 +169,9 @@ def model_run(runs: list[Run]) -> Run | None:
                 None)
 
 
-def first_of_each_class(data: ImageSet) -> ImageSet:
-    """The first test image of each class present, in class order."""
-    index = [int((data.labels == c).nonzero()[0]) for c in range(len(CLASSES))
-             if (data.labels == c).any()]
-    return ImageSet(data.images[index], data.labels[index])
+def first_of_each_class(labels: torch.Tensor) -> list[int]:
+    """The index of the first image of each class present, in class order."""
+    return [int((labels == c).nonzero()[0]) for c in range(len(CLASSES)) if (labels == c).any()]
 
 
 def learned_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path,
@@ -179,7 +197,12 @@ def learned_section(doc: Document, groups: dict[str, list[Run]], data_dir: Path,
                      "and `cnnlab export RUN --out RUN/model.pt` writes it from a run's last.pt.")
             continue
         doc.heading(3, f"{recipe} ({run.path.name})")
-        model_part(doc, recipe, run, Predictor.load(run.path), test_set)
+        try:
+            predictor = Predictor.load(run.path)
+        except CnnlabError as e:  # e.g. a network of the user's own, whose code is not given
+            doc.para(f"Skipped: {e}")
+            continue
+        model_part(doc, recipe, run, predictor, test_set)
     dead_relu_part(doc, groups, test_set)
 
 
@@ -198,14 +221,18 @@ def model_part(doc: Document, recipe: str, run: Run, predictor: Predictor,
             f"{recipe}: the first layer's filters as the network applies them to the image"
             + (" (conv1 is 1×1, so these are conv2∘conv1, one 3×3 convolution)"
                if isinstance(model, ConvolutionalNetwork) else ""))
-    examples = first_of_each_class(data)
-    index = ",".join(str(int((data.labels == c).nonzero()[0])) for c in examples.labels)
+    index = first_of_each_class(data.labels)
+    examples = ImageSet(data.images[index], data.labels[index])
+    maps = blocks(model, examples.images)
+    if not maps:
+        doc.para("This network has no convolutional block (a nonlinearity whose output is a "
+                 "C×H×W map), so it has no feature maps and no Grad-CAM.")
+        return
     doc.figure(f"features-{recipe}.png", class_features_figure(
-        f"{recipe}: feature maps of the first test image of each class", examples,
-        blocks(model, examples.images)),
+        f"{recipe}: feature maps of the first test image of each class", examples, maps),
         f"{recipe}: each convolutional block's {CLASS_CHANNELS} strongest channels on the "
-        f"first test image of each class; all channels of one image: `cnnlab explain "
-        f"{run.path} --test-images {index}`")
+        f"first test image of each class; {IMAGE_CHANNELS} per block, image by image: "
+        f"`cnnlab explain {run.path} --test-images {','.join(map(str, index))}`")
     predicted = predictor.logits(data.images).argmax(1).cpu()
     wrong = (predicted != data.labels).nonzero().flatten()[:MAX_GRADCAM]
     if not len(wrong):
@@ -223,7 +250,10 @@ def model_part(doc: Document, recipe: str, run: Run, predictor: Predictor,
 
 
 def dead_relu_part(doc: Document, groups: dict[str, list[Run]], test_set: ImageSet) -> None:
-    """Dead ReLU units per layer of every finished ablation run that keeps a model."""
+    """Dead ReLU units per layer of every finished ablation run that keeps a model (nothing
+    when the study has none of the ablation's recipes)."""
+    if not any(name in groups for name in DEAD_RELU_RECIPES):
+        return
     runs = [r for name in DEAD_RELU_RECIPES for r in groups.get(name, [])
             if r.complete and RunFolder(r.path).model_source.is_file()]
     doc.heading(3, "Dead ReLUs in the BatchNorm ablation")
@@ -234,7 +264,11 @@ def dead_relu_part(doc: Document, groups: dict[str, list[Run]], test_set: ImageS
         return
     counts = []
     for run in runs:
-        predictor = Predictor.load(run.path)
+        try:
+            predictor = Predictor.load(run.path)
+        except CnnlabError as e:
+            doc.para(f"{run.path.name} left out: {e}")
+            continue
         data = test_set.head(predictor.recipe.limit_test)
         counts.append((run, len(data), dead_units(predictor.model, data.images)))
     layers = list(dict.fromkeys(name for _, _, found in counts for name, _, _ in found))

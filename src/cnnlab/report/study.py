@@ -110,17 +110,19 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
     doc.heading(2, SECTIONS[3])
     doc.para("For each recipe, the model after the last epoch (its weight average when the "
              "recipe keeps one) of the lowest seed whose folder kept it: from the run's "
-             "predictions.csv, or from its last.pt for runs that predate that file.")
+             "predictions.csv, or from its model (last.pt or model.pt) for runs that predate "
+             "that file.")
     test_set: ImageSet | None = None
     for recipe, runs in groups.items():
         folders = [(r, RunFolder(r.path)) for r in runs]
         kept = [(r, f) for r, f in folders
-                if f.predictions_path.is_file() or f.checkpoint.is_file()]
+                if f.predictions_path.is_file() or f.model_source.is_file()]
         if not kept:
             doc.heading(3, recipe)
-            doc.para(f"No {recipe} run folder has predictions.csv or last.pt, so this part "
-                     "is skipped (its runs predate predictions.csv, and their checkpoints "
-                     f"were not kept); one more seed adds it: `cnnlab reproduce --runs {recipe} "
+            doc.para(f"No {recipe} run folder has predictions.csv or a model (last.pt or "
+                     "model.pt), so this part is skipped (its runs predate predictions.csv, "
+                     "and their models were not kept); one more seed adds it: "
+                     f"`cnnlab reproduce --runs {recipe} "
                      f"--seeds {max(r.recipe.seed for r in runs) + 1} "
                      f"--out {runs[0].path.parent.parent}`.")
             continue
@@ -139,7 +141,7 @@ def final_model_section(doc: Document, groups: dict[str, list[Run]], data_dir: P
 def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
                       ) -> tuple[int, ImageSet, torch.Tensor]:
     """(epoch, test images, predicted classes) of the run's final model: from
-    predictions.csv, else from last.pt."""
+    predictions.csv, else from its model (last.pt or model.pt)."""
     saved = folder.read_predictions()
     if saved is not None:
         labels, predicted = saved
@@ -154,7 +156,7 @@ def final_predictions(folder: RunFolder, run: Run, test_set: ImageSet
                               f"metrics.csv (an interrupted run?); resume it with "
                               f"`cnnlab train --resume {folder.path}`")
         return run.metrics[-1]["epoch"], data, predicted
-    predictor = Predictor.load(folder.checkpoint)
+    predictor = Predictor.load(folder.model_source)
     data = test_set.head(predictor.recipe.limit_test)
     return predictor.epoch, data, predictor.logits(data.images).argmax(1)
 
