@@ -202,7 +202,7 @@ def test_final_model_needs_no_checkpoint(study: Path, tmp_path: Path, data_dir: 
 
 def test_final_model_comes_from_the_first_seed_that_kept_one(study: Path, tmp_path: Path,
                                                              data_dir: Path) -> None:
-    for seed, dropped in ((0, ("last.pt", "predictions.csv")), (1, ("last.pt",))):
+    for seed, dropped in ((0, ("last.pt", "model.pt", "predictions.csv")), (1, ("last.pt",))):
         shutil.copytree(study / "runs" / f"lenet-seed{seed}",
                         tmp_path / "runs" / f"lenet-seed{seed}",
                         ignore=shutil.ignore_patterns(*dropped))
@@ -222,6 +222,18 @@ def test_final_model_comes_from_the_first_seed_that_kept_one(study: Path, tmp_pa
     build_report(tmp_path, data_dir, COMMAND)
     text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[3])
     assert "predictions.csv is not from the last epoch in metrics.csv" in text
+
+
+def test_a_final_model_comes_from_model_pt_when_last_pt_is_gone(study: Path, tmp_path: Path,
+                                                                 data_dir: Path) -> None:
+    """A finished run that kept only its reported weights (model.pt) still has section 4."""
+    shutil.copytree(study / "runs" / "lenet-seed0", tmp_path / "runs" / "lenet-seed0",
+                    ignore=shutil.ignore_patterns("last.pt", "predictions.csv"))
+    build_report(tmp_path, data_dir, COMMAND)
+    text = section((tmp_path / "REPORT.md").read_text(), SECTIONS[3])
+    recorded = read_csv(study / "runs" / "lenet-seed0" / "metrics.csv")[-1]["test_acc"]
+    assert "### lenet (lenet-seed0)" in text
+    assert f"test images right ({100 * recorded:.2f}%)" in text
 
 
 def test_every_recipe_gets_its_final_model_or_the_command_that_adds_it(
