@@ -181,12 +181,12 @@ def test_the_inference_queue_is_bounded_in_length_and_in_waiting_time():
 def test_an_overloaded_server_answers_503_in_json(predictor, picture):
     """The queue wired into /v1/predict: with the one thread and the one queue place taken
     by slow requests, the next is a 503 with a JSON error, and the others still finish."""
-    running = threading.Event()
+    running, release = threading.Event(), threading.Event()
 
     class Slow(Predictor):
         def predict(self, *args, **kwargs):
             running.set()
-            time.sleep(3)
+            release.wait(10)  # held until the overloaded request has had its answer
             return predictor.predict(*args, **kwargs)
 
     slow = Slow(predictor.model, predictor.flip, predictor.recipe)
@@ -203,9 +203,11 @@ def test_an_overloaded_server_answers_503_in_json(predictor, picture):
         time.sleep(1)  # the second waits in the queue
         response = client.post("/v1/predict", content=picture,
                                headers={"content-type": "image/png"})
+        release.set()
         for w in workers:
             w.join()
-    assert response.status_code == 503 and "overloaded" in response.json()["error"]
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("overloaded: 1 requests already wait")
     assert results == [200, 200]
 
 
