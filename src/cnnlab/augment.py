@@ -208,3 +208,22 @@ def augment_batch(images: torch.Tensor, transforms: list[Any], draws: Draws) -> 
 def eval_batch(images: torch.Tensor) -> torch.Tensor:
     """uint8 images → normalized float batch; test-time data is never augmented."""
     return normalize(to_unit(images))
+
+
+def shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """A normalized batch moved `pixels` down and right (up and left when negative), the
+    black background entering at the border."""
+    p = abs(pixels)
+    padded = F.pad(x, (p, p, p, p), value=-MEAN / STD)
+    start = p - pixels
+    return padded[..., start:start + x.shape[-2], start:start + x.shape[-1]]
+
+
+def test_views(x: torch.Tensor, flip: bool, pixels: int) -> list[torch.Tensor]:
+    """The views whose logits test-time augmentation averages: the batch, its mirror image
+    with `flip`, and with `pixels` > 0 each of those shifted by that much diagonally both
+    ways."""
+    views = [x, x.flip(-1)] if flip else [x]
+    if pixels:
+        views += [shift(v, d) for d in (pixels, -pixels) for v in views]
+    return views

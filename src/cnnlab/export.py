@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
-from cnnlab.augment import eval_batch
+from cnnlab.augment import eval_batch, test_views
 from cnnlab.data import CLASSES, IMAGE_SIZE
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
 from cnnlab.inference import Predictor, require_onnx_package
 from cnnlab.models.registry import plain_path
+from cnnlab.recipe import EvaluateSpec
 
 DEFAULT_OPSET = 18
 
@@ -49,16 +50,15 @@ def _quiet_exporter() -> Iterator[None]:
 class ImagesToLogits(nn.Module):
     """uint8 images (N, 28, 28) → logits (N, 10), preprocessing included."""
 
-    def __init__(self, model: nn.Module, flip: bool) -> None:
+    def __init__(self, model: nn.Module, views: EvaluateSpec) -> None:
         super().__init__()
-        self.model, self.flip = model, flip
+        self.model, self.views = model, views
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = eval_batch(images)  # the preprocessing cnnlab trains and evaluates with
-        logits = self.model(x)
-        if self.flip:
-            logits = (logits + self.model(x.flip(-1))) / 2
-        return logits
+        # The preprocessing and test-time views cnnlab evaluates with (as averaged_logits,
+        # without its memory-format step, which the exported graph has no use for).
+        views = test_views(eval_batch(images), self.views.flip, self.views.shift)
+        return sum(self.model(v) for v in views) / len(views)
 
 
 def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
@@ -70,7 +70,7 @@ def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
         require_onnx_package(package)
     predictor = Predictor.load(source, torch.device("cpu"), model_code)
     model = predictor.model.to(memory_format=torch.contiguous_format).eval()
-    graph = ImagesToLogits(model, predictor.flip)
+    graph = ImagesToLogits(model, predictor.views)
     example = torch.zeros(2, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
     with torch.no_grad(), plain_path(model), _quiet_exporter():
         # torch's torch.export-based exporter (its default since 2.9), chosen explicitly.

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from cnnlab.augment import eval_batch
+from cnnlab.augment import eval_batch, test_views
 from cnnlab.checkpoint import inference_weights, load_checkpoint
 from cnnlab.data import CLASSES, IMAGE_SIZE, ImageSet
 from cnnlab.device import as_input, eval_batch_size, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.models import create_model
-from cnnlab.recipe import Recipe, from_record, parse_recipe
+from cnnlab.recipe import EvaluateSpec, Recipe, from_record, parse_recipe
 
 ONNX_INSTALL_HINT = "pip install 'cnnlab[export]'"
 
@@ -108,21 +108,24 @@ def to_input(image: Image.Image, invert: bool = True) -> tuple[torch.Tensor, boo
     return torch.from_numpy(255 - small if inverted else small.copy()), inverted
 
 
+def averaged_logits(model: nn.Module, x: torch.Tensor, views: EvaluateSpec) -> torch.Tensor:
+    """The model's logits for a normalized batch, averaged over the recipe's test-time
+    views (none, the mirror image, shifts): the one definition training evaluation,
+    prediction and the exported ONNX graph share."""
+    batches = test_views(x, views.flip, views.shift)
+    return sum(model(as_input(v, model)) for v in batches) / len(batches)
+
+
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, flip: bool = False,
+def predict_logits(model: nn.Module, images: torch.Tensor, views: EvaluateSpec | None = None,
                    batch_size: int | None = None) -> torch.Tensor:
-    """Logits for uint8 images (N, 28, 28), in eval mode; with `flip`, the mean of the
-    logits of each image and its mirror image (test-time flip averaging)."""
+    """Logits for uint8 images (N, 28, 28), in eval mode, averaged over the test-time
+    `views` when given."""
     model.eval()
+    views = views or EvaluateSpec()
     batch_size = batch_size or eval_batch_size(images.device)
-    out = []
-    for chunk in images.split(batch_size):
-        x = as_input(eval_batch(chunk), model)
-        logits = model(x)
-        if flip:
-            logits = (logits + model(as_input(x.flip(-1), model))) / 2
-        out.append(logits)
-    return torch.cat(out)
+    return torch.cat([averaged_logits(model, eval_batch(chunk), views)
+                      for chunk in images.split(batch_size)])
 
 
 class Predictor:
@@ -130,9 +133,10 @@ class Predictor:
     the preprocessing it was trained with. Training evaluation, `cnnlab evaluate`,
     `cnnlab predict` and the report all go through it."""
 
-    def __init__(self, model: nn.Module, flip: bool = False, recipe: Recipe | None = None,
-                 epoch: int | None = None, test_acc: float | None = None) -> None:
-        self.model, self.flip, self.recipe = model, flip, recipe
+    def __init__(self, model: nn.Module, views: EvaluateSpec | None = None,
+                 recipe: Recipe | None = None, epoch: int | None = None,
+                 test_acc: float | None = None) -> None:
+        self.model, self.views, self.recipe = model, views or EvaluateSpec(), recipe
         self.epoch, self.test_acc = epoch, test_acc  # as recorded when it was saved
 
     @classmethod
@@ -153,7 +157,7 @@ class Predictor:
                               "(a checkpoint of another architecture?)") from e
         model = prepare_model(model, device or torch.device("cpu"))
         metrics = state["metrics"]
-        return cls(model, recipe.evaluate.flip, recipe, state["epoch"],
+        return cls(model, recipe.evaluate, recipe, state["epoch"],
                    metrics[-1]["test_acc"] if metrics else None)
 
     @property
@@ -165,7 +169,7 @@ class Predictor:
         return "torch"
 
     def logits(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        return predict_logits(self.model, images.to(self.device), self.flip, batch_size)
+        return predict_logits(self.model, images.to(self.device), self.views, batch_size)
 
     def evaluate(self, data: ImageSet, batch_size: int | None = None) -> tuple[float, float]:
         """Mean cross-entropy (no label smoothing, so recipes compare) and accuracy."""
@@ -225,7 +229,7 @@ class OnnxPredictor(Predictor):
         except (KeyError, ValueError) as e:
             raise CnnlabError(f"{source} is an ONNX model but not one cnnlab exported "
                               f"(no {e} in its metadata); export it with `cnnlab export`") from e
-        super().__init__(None, recipe.evaluate.flip, recipe, epoch, accuracy)
+        super().__init__(None, recipe.evaluate, recipe, epoch, accuracy)
         self.session = session
 
     @classmethod

@@ -136,6 +136,9 @@ class AverageSpec:
 class EvaluateSpec:
     flip: bool = key(False, "test-time flip averaging: the logits of each image and of its "
                      "mirror image are averaged (for validation, test and predictions)")
+    shift: int = key(0, "test-time translation averaging: also average the logits of each "
+                     "image (and mirror) shifted this many pixels down-right and up-left; "
+                     "3× the evaluation cost", Range(0, 4))
 
 
 @dataclass

@@ -264,7 +264,7 @@ def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int, stop: StopR
             f"loss became {e.value} at epoch {epoch} step {e.step}; training stopped, "
             f"{checkpoint_note(run, epoch - 1, resume_hint=False)}; try a lower --lr"
         ) from None
-    evaluator = Predictor(parts.evaluated, parts.recipe.evaluate.flip)
+    evaluator = Predictor(parts.evaluated, parts.recipe.evaluate)
     test_loss, test_acc, predicted = evaluator.evaluate_predicted(data.test)
     val_loss, val_acc = evaluator.evaluate(data.val) if data.val is not None else (None, None)
     parts.after_epoch()
