@@ -14,8 +14,10 @@ from cnnlab.augment import (
     Translate,
     augment_batch,
     eval_batch,
+    eval_views,
     hflip,
     rotate,
+    shift,
     to_unit,
 )
 
@@ -155,3 +157,26 @@ def test_eval_batch_is_only_scaled_and_normalized():
     assert torch.equal(eval_batch(images), eval_batch(images))
     assert torch.equal(augment_batch(images, [], draws()), eval_batch(images))
     assert eval_batch(torch.zeros(1, 28, 28, dtype=torch.uint8)).min() == -1
+
+
+def test_shift_moves_images_diagonally_and_lets_black_background_in():
+    x = eval_batch(torch.randint(0, 256, (2, 28, 28), dtype=torch.uint8))
+    background = -MEAN / STD
+    down = shift(x, 2)
+    assert torch.equal(down[..., 2:, 2:], x[..., :-2, :-2])
+    assert (down[..., :2, :] == background).all() and (down[..., :, :2] == background).all()
+    up = shift(x, -1)
+    assert torch.equal(up[..., :-1, :-1], x[..., 1:, 1:])
+    assert (up[..., -1, :] == background).all()
+    assert torch.equal(shift(x, 0), x)
+
+
+def test_test_views_are_the_batch_its_mirror_and_their_shifts():
+    x = torch.randn(3, 1, 28, 28)
+    assert len(eval_views(x, flip=False, pixels=0)) == 1
+    plain, mirror = eval_views(x, flip=True, pixels=0)
+    assert torch.equal(plain, x) and torch.equal(mirror, x.flip(-1))
+    views = eval_views(x, flip=True, pixels=1)
+    expected = [x, x.flip(-1), shift(x, 1), shift(x.flip(-1), 1), shift(x, -1),
+                shift(x.flip(-1), -1)]
+    assert len(views) == 6 and all(map(torch.equal, views, expected))

@@ -113,3 +113,31 @@ def test_whitening_stem_whitens_the_patches_it_was_fitted_to(data_dir):
     assert "stem.0.weight" not in dict(model.named_parameters())
     with pytest.raises(CnnlabError, match="whiten must be a patch size"):
         get_model("speednet", whiten=7)
+
+
+def test_speednet_speed_run_options():
+    torch.manual_seed(0)
+    plain = get_model("speednet", widths=[8, 16], depth=2)
+    torch.manual_seed(0)
+    tuned = get_model("speednet", widths=[8, 16], depth=2, bn_momentum=0.4, bn_scale=False,
+                      identity=True, logit_scale=0.5)
+    norms = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.4 and not m.weight.requires_grad for m in norms)
+    assert count_parameters(plain) - count_parameters(tuned) == sum(m.num_features
+                                                                    for m in norms)
+    # identity init adds a centred Dirac delta to the same random filters
+    convs = [(a, b) for a, b in zip(plain.modules(), tuned.modules(), strict=True)
+             if isinstance(a, torch.nn.Conv2d) and a is not plain.stem[0]]
+    for a, b in convs:
+        difference = b.weight - a.weight
+        n = min(a.in_channels, a.out_channels)
+        dirac = torch.zeros_like(difference)
+        dirac[:n, :, 1, 1] = torch.eye(n, a.in_channels)
+        torch.testing.assert_close(difference, dirac, rtol=0, atol=1e-6)
+    # the logit scale multiplies the output of otherwise equal weights
+    tuned.load_state_dict(plain.state_dict())
+    plain.eval(), tuned.eval()
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(tuned(x), 0.5 * plain(x))
+    with pytest.raises(CnnlabError, match="bn_momentum must be in"):
+        get_model("speednet", bn_momentum=0)

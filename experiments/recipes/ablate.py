@@ -93,6 +93,15 @@ ROWS: list[Row] = path("custom", [
     ("26-epochs", "26 epochs instead of 20: about 50 minutes at two threads on all 60k "
      "images", {"epochs": "26"}, True),
 ])
+# The sprint: `fast` cut to the epochs that fit two CPU minutes, then the CIFAR-10 speed
+# runs' remaining tricks, one at a time.
+SPRINT: list[Row] = path("fast", [
+    ("sprint-3ep", "the recipe `fast`, cut to 3 epochs", {"epochs": "3"}, True),
+    ("smoothing-0.2", "label smoothing 0.2 instead of 0.1", {"loss.label_smoothing": "0.2"},
+     True),
+])
+PATHS = {"From the study's recipe to `fast` and `strong`": ROWS,
+         "The sprint: `fast` in two CPU minutes": SPRINT}
 
 
 def run(rows: list[Row], seeds: list[int]) -> None:
@@ -109,7 +118,7 @@ def run(rows: list[Row], seeds: list[int]) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    """ABLATION.md: the rows measured so far, with the command of each."""
+    """ABLATION.md: the rows measured so far, a table per path, with the command of each."""
     runs: dict[str, list[Run]] = {}
     for folder in sorted(OUT.glob("*-seed*")):
         run = read_run(folder)
@@ -123,25 +132,30 @@ def table(rows: list[Row]) -> str:
              "sum of metrics.csv's seconds (training and per-epoch evaluation), one thread "
              "per run with the two seeds side by side on the machine named. Produced by "
              "`python -m experiments.recipes.ablate run --seeds S` for S = 0 and 1, then "
-             "`python -m experiments.recipes.ablate table > results/recipes/ABLATION.md`.",
-             "",
-             "| row | change | kept | seeds | validation accuracy (%) | training time per "
-             "run (s) | machine | command (per seed S) |", "|" + " --- |" * 8]
-    for row in rows:
-        done = runs.get(row.key, [])
-        if not done:
+             "`python -m experiments.recipes.ablate table > results/recipes/ABLATION.md`."]
+    for title, path_rows in PATHS.items():
+        shown = [row for row in path_rows if row in rows and runs.get(row.key)]
+        if not shown:
             continue
-        acc = [100 * r.metrics[-1]["val_acc"] for r in done]
-        seconds = [r.elapsed[-1] for r in done]
-        cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
-                f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
-        command = shlex.join(row.command("S"))
-        machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
-        kept = "baseline" if row is ROWS[0] else "yes" if row.kept else "no"
-        lines.append(f"| {row.key} | {row.change} | {kept} | "
-                     f"{', '.join(str(r.recipe.seed) for r in done)} | {cell} | "
-                     f"{statistics.mean(seconds):.0f} | {machines} | `{command}` |")
+        lines += ["", f"## {title}", "",
+                  "| row | change | kept | seeds | validation accuracy (%) | training time "
+                  "per run (s) | machine | command (per seed S) |", "|" + " --- |" * 8]
+        lines += [table_row(row, runs[row.key], baseline=row is path_rows[0])
+                  for row in shown]
     return "\n".join(lines) + "\n"
+
+
+def table_row(row: Row, done: list[Run], baseline: bool) -> str:
+    acc = [100 * r.metrics[-1]["val_acc"] for r in done]
+    seconds = [r.elapsed[-1] for r in done]
+    cell = (f"{acc[0]:.2f}" if len(acc) == 1 else
+            f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
+    command = shlex.join(row.command("S"))
+    machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
+    kept = "baseline" if baseline else "yes" if row.kept else "no"
+    return (f"| {row.key} | {row.change} | {kept} | "
+            f"{', '.join(str(r.recipe.seed) for r in done)} | {cell} | "
+            f"{statistics.mean(seconds):.0f} | {machines} | `{command}` |")
 
 
 def main() -> None:
@@ -150,10 +164,11 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated row keys (default: all)")
     parser.add_argument("--seeds", type=int_list, default=int_list("0,1"))
     args = parser.parse_args()
-    keys = args.rows.split(",") if args.rows else [r.key for r in ROWS]
-    if unknown := set(keys) - {r.key for r in ROWS}:
+    every = [row for rows in PATHS.values() for row in rows]
+    keys = args.rows.split(",") if args.rows else [r.key for r in every]
+    if unknown := set(keys) - {r.key for r in every}:
         parser.error(f"unknown row(s) {', '.join(sorted(unknown))}")
-    rows = [r for r in ROWS if r.key in keys]
+    rows = [r for r in every if r.key in keys]
     if args.action == "run":
         run(rows, args.seeds)
     else:

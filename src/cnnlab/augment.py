@@ -219,7 +219,7 @@ def shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
     return padded[..., start:start + x.shape[-2], start:start + x.shape[-1]]
 
 
-def test_views(x: torch.Tensor, flip: bool, pixels: int) -> list[torch.Tensor]:
+def eval_views(x: torch.Tensor, flip: bool, pixels: int) -> list[torch.Tensor]:
     """The views whose logits test-time augmentation averages: the batch, its mirror image
     with `flip`, and with `pixels` > 0 each of those shifted by that much diagonally both
     ways."""

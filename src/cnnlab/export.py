@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnlab import __version__
-from cnnlab.augment import eval_batch, test_views
+from cnnlab.augment import eval_batch, eval_views
 from cnnlab.data import CLASSES, IMAGE_SIZE
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write
@@ -57,7 +57,7 @@ class ImagesToLogits(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The preprocessing and test-time views cnnlab evaluates with (as averaged_logits,
         # without its memory-format step, which the exported graph has no use for).
-        views = test_views(eval_batch(images), self.views.flip, self.views.shift)
+        views = eval_views(eval_batch(images), self.views.flip, self.views.shift)
         return sum(self.model(v) for v in views) / len(views)
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from cnnlab.augment import eval_batch, test_views
+from cnnlab.augment import eval_batch, eval_views
 from cnnlab.checkpoint import inference_weights, load_checkpoint
 from cnnlab.data import CLASSES, IMAGE_SIZE, ImageSet
 from cnnlab.device import as_input, eval_batch_size, prepare_model
@@ -112,7 +112,7 @@ def averaged_logits(model: nn.Module, x: torch.Tensor, views: EvaluateSpec) -> t
     """The model's logits for a normalized batch, averaged over the recipe's test-time
     views (none, the mirror image, shifts): the one definition training evaluation,
     prediction and the exported ONNX graph share."""
-    batches = test_views(x, views.flip, views.shift)
+    batches = eval_views(x, views.flip, views.shift)
     return sum(model(as_input(v, model)) for v in batches) / len(batches)
 
 
