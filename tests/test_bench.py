@@ -42,3 +42,29 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "need 128 training images; the data has 100" in err
+
+
+@pytest.mark.slow
+def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_train=600, n_test=40)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--recipes", "fast", "--steps", "2", "--repeats", "2",
+                 "--data-dir", str(data), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["models"] == {}  # --recipes alone times no study network
+    fast = result["recipes"]["fast"]
+    assert fast["batch_size"] == 256 and len(fast["train"]["samples"]) == 2
+    assert fast["train"]["gflops"] == pytest.approx(
+        fast["train"]["median"] * 6 * fast["macs_per_image"] / 1e9)
+    percent = 100 * fast["train"]["gflops"] / result["matmul_peak_gflops"]
+    assert "| fast | 256 |" in printed and f"| {percent:.0f} % |" in printed
+
+
+def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", n_train=300, n_test=10)
+    assert main(["bench", "--recipes", "fastest", "--data-dir", str(data)]) == 2
+    assert "unknown recipe fastest" in capsys.readouterr().err
+    assert main(["bench", "--recipes", "fast", "--steps", "2", "--data-dir", str(data)]) == 2
+    assert "need 512 training images; lower --steps" in capsys.readouterr().err

@@ -11,6 +11,10 @@ alike.
 A third measurement, cnnlab's model alone on one fixed batch (no data pipeline, no
 bookkeeping), bounds what any loop could reach with this model code: its ratio to the
 reference is the ceiling of the speed-up.
+
+Recipes (`--recipes`) are timed as they train: cnnlab's loop at the recipe's batch size,
+augmentation, optimizer and weight average, with the achieved GFLOP/s set against the
+fp32 matmul peak measured in the same process: how close the recipe runs to the CPU's limit.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from cnnlab.data import ImageSet, load_split
 from cnnlab.device import as_input, machine_name, prepare_model
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import predict_logits
-from cnnlab.models import count_macs, get_model
+from cnnlab.models import count_macs, create_model, fit_to_data, get_model
 from cnnlab.models.registry import plain_path
 from cnnlab.parts import Parts, build_parts
 from cnnlab.recipe import builtin, list_builtin
@@ -163,17 +167,48 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
         side["ratio"] = side["cnnlab"]["median"] / side["reference"]["median"]
     train = result["train"]
     train["ceiling_ratio"] = train["model_only"]["median"] / train["reference"]["median"]
-    # Training costs about 3× the forward pass (forward, input grads, weight grads).
-    flops_per_train_image = 3 * 2 * result["macs_per_image"]
     result["train"]["effective_gflops"] = {
-        side: result["train"][side]["median"] * flops_per_train_image / 1e9
+        side: train_gflops(result["train"][side]["median"], result["macs_per_image"])
         for side in ("reference", "cnnlab")}
+    return result
+
+
+def train_gflops(images_per_s: float, macs_per_image: int) -> float:
+    """Training costs about 3× the forward pass (forward, input grads, weight grads)."""
+    return images_per_s * 3 * 2 * macs_per_image / 1e9
+
+
+def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,
+                 repeats: int, device: torch.device) -> dict[str, Any]:
+    """Training images/s of a recipe's own loop, and evaluation images/s with its test-time
+    views: what a run of it spends its time on."""
+    recipe = builtin(name)
+    torch.manual_seed(0)
+    model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
+                          recipe.model.memory_format)
+    fit_to_data(model, eval_batch(train_set.images[:2000]))
+    parts = build_parts(recipe, model, device, steps)
+    if steps * recipe.batch_size > len(train_set):
+        raise CnnlabError(f"{steps} steps of recipe {name}'s batch {recipe.batch_size} need "
+                          f"{steps * recipe.batch_size} training images; lower --steps")
+    cnnlab_train(parts, train_set, 3)  # warm-up: first calls allocate and pick kernels
+    train, evaluate = [], []
+    for _ in range(repeats):
+        train.append(cnnlab_train(parts, train_set, steps))
+        evaluate.append(_timed(lambda: predict_logits(model, test_set.images,
+                                                      recipe.evaluate)))
+    macs = count_macs(create_model(recipe.model.name, recipe.model.args))
+    result = {"batch_size": recipe.batch_size, "macs_per_image": macs,
+              "train": _summary(train, steps * recipe.batch_size),
+              "eval": _summary(evaluate, len(test_set))}
+    result["train"]["gflops"] = train_gflops(result["train"]["median"], macs)
     return result
 
 
 def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: int = 30,
               repeats: int = 5, eval_images: int = 2000,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print,
+              recipes: tuple[str, ...] = ()) -> dict[str, Any]:
     train_set = load_split(data_dir, "train").to(device)
     if steps * BATCH > len(train_set):
         raise CnnlabError(f"{steps} steps of {BATCH} need {steps * BATCH} training images; "
@@ -184,21 +219,58 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
         "cnnlab": __version__, "torch": torch.__version__, "device": str(device),
         "threads": torch.get_num_threads(), "machine": machine_name(device),
         "batch_size": BATCH, "steps": steps, "repeats": repeats, "eval_images": len(test_set),
-        "matmul_peak_gflops": peak, "models": {},
+        "matmul_peak_gflops": peak, "models": {}, "recipes": {},
     }
     for name in models:
         log(f"benchmarking {name} ({repeats} repeats of {steps} steps per path)…")
         result["models"][name] = bench_model(name, train_set, test_set, steps, repeats, device)
+    for name in recipes:
+        log(f"benchmarking recipe {name} ({repeats} repeats of {steps} steps)…")
+        result["recipes"][name] = bench_recipe(name, train_set, test_set, steps, repeats,
+                                               device)
     return result
 
 
 def format_bench(result: dict[str, Any]) -> str:
-    """The bench as a Markdown table (the README shows one)."""
+    """The bench as Markdown tables (the README shows one)."""
     peak = result["matmul_peak_gflops"]
     lines = [
         f"{result['machine']}, {result['threads']} threads, torch {result['torch']}, "
-        f"device {result['device']}, batch {result['batch_size']}, "
-        f"median (min–max) of {result['repeats']} repeats",
+        f"device {result['device']}, median (min–max) of {result['repeats']} repeats of "
+        f"{result['steps']} training steps",
+    ]
+    if result["models"]:
+        lines += ["", *_models_table(result)]
+    if result["recipes"]:
+        lines += ["", *_recipes_table(result)]
+    if peak is not None:
+        lines += ["", f"fp32 matmul peak (2048×2048, same threads): {peak:.0f} GFLOP/s. "
+                  "GFLOP/s counts 3 × 2 × the plain network's MACs per training image, so "
+                  "work a model saves (the fused stem, a frozen whitening stem's weight "
+                  "gradients) shows as extra effective speed."]
+    return "\n".join(lines)
+
+
+def _recipes_table(result: dict[str, Any]) -> list[str]:
+    peak = result["matmul_peak_gflops"]
+    lines = ["Recipes, each in its own training loop (its batch, augmentation, optimizer) and "
+             "evaluated with its test-time views:", "",
+             "| recipe | batch | MACs/img | train img/s | train GFLOP/s | % of matmul peak "
+             "| eval img/s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in result["recipes"].items():
+        gflops = r["train"]["gflops"]
+        lines.append(f"| {name} | {r['batch_size']} | {r['macs_per_image'] / 1e6:.1f} M | "
+                     f"{_rate(r['train'])} | {gflops:.0f} | "
+                     f"{f'{100 * gflops / peak:.0f} %' if peak else '—'} | "
+                     f"{_rate(r['eval'])} |")
+    return lines
+
+
+def _models_table(result: dict[str, Any]) -> list[str]:
+    peak = result["matmul_peak_gflops"]
+    lines = [
+        f"Study networks at the study's batch {result['batch_size']}, cnnlab's path against "
+        "the study-style reference:",
         "",
         "| model | MACs/img | train img/s reference | train img/s cnnlab | train × "
         "| model alone img/s (ceiling ×) "
@@ -215,13 +287,9 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{t['model_only']['median']:,.0f} ({t['ceiling_ratio']:.2f}×) | "
             f"{_rate(e['reference'])} | {_rate(e['cnnlab'])} | {e['ratio']:.2f}× | "
             f"{flops['reference']:.0f} → {flops['cnnlab']:.0f}{of_peak} |")
-    if peak is not None:
-        lines += ["", f"fp32 matmul peak (2048×2048, same threads): {peak:.0f} GFLOP/s. "
-                  "GFLOP/s counts 3 × 2 × the plain network's MACs per training image, so the "
-                  "fused stem's saved work shows as extra effective speed. Model alone: "
-                  "cnnlab's model on one fixed batch, no data pipeline; its ratio to the "
-                  "reference is the most any training loop could gain with this model code."]
-    return "\n".join(lines)
+    return lines + ["", "Model alone: cnnlab's model on one fixed batch, no data pipeline; "
+                    "its ratio to the reference is the most any training loop could gain "
+                    "with this model code."]
 
 
 def _rate(s: dict[str, float]) -> str:

@@ -177,8 +177,11 @@ def add_reproduce(sub: Commands, parents: Parents) -> None:
 def add_bench(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("bench", help="train/eval speed against the study-style pipeline",
                        parents=[parents.common])
-    p.add_argument("--models", default="lenet,alexnet,custom,custom_nobn",
-                   help="comma-separated models (default %(default)s)")
+    p.add_argument("--models", help="comma-separated study networks to time against the "
+                   "study-style pipeline (default lenet,alexnet,custom,custom_nobn, unless "
+                   "--recipes is given)")
+    p.add_argument("--recipes", help="comma-separated built-in recipes to time in their own "
+                   "training loop, with GFLOP/s against the matmul peak (e.g. fast,strong)")
     p.add_argument("--steps", type=int, default=30,
                    help="training steps per measurement (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5,

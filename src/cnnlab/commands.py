@@ -342,12 +342,16 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from cnnlab.bench import format_bench, run_bench
 
-    models = parse_list(args.models, list_models(), "model")
+    recipe_names = (parse_list(args.recipes, recipes.list_builtin(), "recipe")
+                    if args.recipes else [])
+    default_models = [] if recipe_names else ["lenet", "alexnet", "custom", "custom_nobn"]
+    models = parse_list(args.models, list_models(), "model") if args.models else default_models
     if args.steps < 1 or args.repeats < 1:
         raise CnnlabError("--steps and --repeats must be >= 1")
     result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
                        args.steps, args.repeats,
-                       log=lambda line: print(line, file=sys.stderr, flush=True))
+                       log=lambda line: print(line, file=sys.stderr, flush=True),
+                       recipes=tuple(recipe_names))
     print(format_bench(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")
