@@ -266,11 +266,14 @@ def test_every_recipe_gets_its_final_model_or_the_command_that_adds_it(
 
 # --------------------------------------------------------------------------- synthetic runs
 
-def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[float]) -> None:
-    """A run folder written by hand (no last.pt), for numbers chosen by the test."""
+def fake_run(root: Path, preset: str, seed: int, acc: list[float | None],
+             loss: list[float | None], epochs: int | None = None) -> None:
+    """A run folder written by hand (no last.pt), for numbers chosen by the test; None is
+    an epoch that was not evaluated, `epochs` the planned epochs when more than written."""
     folder = root / "runs" / f"{preset}-seed{seed}"
     folder.mkdir(parents=True)
-    recipe = builtin(preset).with_overrides({"epochs": len(acc), "seed": seed}).to_dict()
+    recipe = builtin(preset).with_overrides({"epochs": epochs or len(acc),
+                                             "seed": seed}).to_dict()
     folder.joinpath("config.json").write_text(json.dumps(
         {"recipe": recipe, "device": "cuda", "threads": 8, "torch": "2.5.0", "cnnlab": "0.1.0",
          "git_commit": "abc", "started": "2025-01-01T00:00:00+00:00", "command": "x"}))
@@ -279,7 +282,8 @@ def fake_run(root: Path, preset: str, seed: int, acc: list[float], loss: list[fl
         writer.writerow(["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                          "seconds", "train_img_per_s"])
         for epoch, (a, loss_value) in enumerate(zip(acc, loss, strict=True), 1):
-            writer.writerow([epoch, 1.0, 0.5, loss_value, a, 0.003, 10.0, 5000.0])
+            writer.writerow([epoch, 1.0, 0.5, "" if loss_value is None else loss_value,
+                             "" if a is None else a, 0.003, 10.0, 5000.0])
 
 
 def test_ablation_text_is_computed(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -513,6 +517,23 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
     assert says(text, "Machine not recorded: 3 run(s)", "cuda × 8 threads")
     assert says(text, "did not record their machine", "lenet 1 of 1, custom 2 of 2")
     assert (tmp_path / "figures" / "time-to-accuracy.png").stat().st_size > 10_000
+
+
+def test_runs_evaluated_after_their_last_epoch_only(tmp_path: Path, data_dir: Path) -> None:
+    """A recipe that evaluates after its last epoch only (evaluate.every_epoch false) has
+    one point on the test curve; a run of it stopped before that point is left out."""
+    fake_run(tmp_path, "fast", 0, [None, None, 0.94], [None, None, 0.2])
+    fake_run(tmp_path, "fast", 1, [0.9, 0.935], [0.3, 0.25])
+    fake_run(tmp_path, "fast", 2, [None], [None], epochs=3)
+    build_report(tmp_path, data_dir, "cnnlab report x")
+    markdown = (tmp_path / "REPORT.md").read_text()
+    assert "fast-seed2 stopped before its evaluation" in markdown
+    rows = {row["recipe"]: row for row in parse_table(section(markdown, SECTIONS[5]))}
+    assert rows["fast"]["seeds reaching 93.3%"] == "2 of 2"
+    assert rows["fast"]["first epoch"] == "3, 2"
+    assert rows["fast"]["time to reach it (min)"] == "0.42 ± 0.12 (0.33–0.50)"
+    results = {row["recipe"]: row for row in parse_table(section(markdown, SECTIONS[0]))}
+    assert results["fast"]["final test acc (%)"] == "93.75 ± 0.35 (93.50–94.00)"
 
 
 def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
-from cnnlab.loggers import Logger
+from cnnlab.loggers import Logger, format_epoch
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
 from cnnlab.train import resume_recipe
@@ -126,6 +126,24 @@ def test_resume_is_exact_with_every_new_part(tmp_path, data_dir):
     assert lrs[0] < lrs[1] and lrs[2] < lrs[1]  # one-cycle, stepped per batch
     state = torch.load(tmp_path / "b/last.pt", weights_only=True)
     assert int(state["averaged"]["n_averaged"]) == 3 * 13  # 640 / 50 → 13 steps an epoch
+
+
+def test_evaluating_after_the_last_epoch_only_trains_the_same_and_resumes(tmp_path, data_dir):
+    """evaluate.every_epoch = false leaves the earlier rows' evaluation columns empty, in
+    memory and in metrics.csv, and changes nothing else: training draws no randomness from
+    evaluation, so the last row equals that of a run evaluated every epoch."""
+    every = study_recipe("lenet", epochs=3, limit_train=640, limit_test=100,
+                         **{"split.val": 200, "evaluate.flip": True, "evaluate.shift": 1})
+    last_only = every.with_overrides({"evaluate.every_epoch": False})
+    straight = assert_resume_is_exact(last_only, tmp_path, data_dir)
+    reference = train_recipe(every, tmp_path / "every", data_dir)
+    for row in straight[:2]:
+        assert all(row[k] is None for k in ("test_loss", "test_acc", "val_loss", "val_acc"))
+    assert computed(straight[2:]) == computed(reference[2:])
+    assert RunFolder(tmp_path / "a").read_metrics()[0]["test_acc"] is None
+    predicted = (tmp_path / "a/predictions.csv").read_text()
+    assert predicted == (tmp_path / "every/predictions.csv").read_text()
+    assert "not evaluated" in format_epoch(straight[0], 3)
 
 
 @pytest.mark.parametrize("name", [n for n in list_builtin() if n not in GOLDEN_RECIPES])

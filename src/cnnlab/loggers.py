@@ -32,15 +32,18 @@ class Logger:
 def format_epoch(row: dict[str, Any], epochs: int, brief: bool = False) -> str:
     """One epoch's metrics row as one line: every number (`cnnlab train`), or with `brief`
     the epoch and its validation and test accuracy (the lines of many runs interleaved)."""
+    tested = row["test_acc"] is not None  # not when evaluated after the last epoch only
     if brief:
         val = (f"  val acc {100 * row['val_acc']:.2f}%" if row.get("val_acc") is not None
                else "")
-        return f"epoch {row['epoch']}/{epochs}{val}  test acc {100 * row['test_acc']:.2f}%"
+        test = f"  test acc {100 * row['test_acc']:.2f}%" if tested else "  not evaluated"
+        return f"epoch {row['epoch']}/{epochs}{val}{test}"
     val = (f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:5.2f}%  "
            if row.get("val_acc") is not None else "")
+    test = (f"test loss {row['test_loss']:.4f} acc {100 * row['test_acc']:5.2f}%  " if tested
+            else "not evaluated  ")
     return (f"epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f} "
-            f"acc {100 * row['train_acc']:5.2f}%  {val}test loss {row['test_loss']:.4f} "
-            f"acc {100 * row['test_acc']:5.2f}%  lr {row['lr']:.2g}  "
+            f"acc {100 * row['train_acc']:5.2f}%  {val}{test}lr {row['lr']:.2g}  "
             f"{row['seconds']:.1f}s  {row['train_img_per_s']:.0f} img/s")
 
 

@@ -139,6 +139,9 @@ class EvaluateSpec:
     shift: int = key(0, "test-time translation averaging: also average the logits of each "
                      "image (and mirror) shifted this many pixels down-right and up-left; "
                      "3× the evaluation cost", Range(0, 4))
+    every_epoch: bool = key(True, "evaluate the test (and validation) set after every epoch; "
+                            "false: after the last only, as the speed runs time themselves "
+                            "(the other epochs' rows leave those columns empty)")
 
 
 @dataclass

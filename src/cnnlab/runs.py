@@ -41,6 +41,8 @@ METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
                   "seconds", "train_img_per_s", "val_loss", "val_acc")
 # Columns a metrics.csv may lack: files written before the validation split existed.
 OPTIONAL_COLUMNS = ("val_loss", "val_acc")
+# Columns an epoch's row leaves empty when it was not evaluated (evaluate.every_epoch false).
+EVALUATION_COLUMNS = ("test_loss", "test_acc", *OPTIONAL_COLUMNS)
 RUN_FILES = ("last.pt", "model.pt", "metrics.csv", "predictions.csv", "config.json",
              "loss.png", "accuracy.png")
 # Within 5 points of chance: a network that collapsed (a no-BN network at a high learning
@@ -101,10 +103,10 @@ def write_metrics(path: Path, metrics: list[dict[str, Any]]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.csv (val columns None when empty or absent); a damaged file is
-    an error, never a silently wrong number."""
+    """The rows of a metrics.csv (evaluation columns None when empty or absent); a damaged
+    file is an error, never a silently wrong number."""
     def number(key: str, text: str | None) -> float | int | None:
-        if key in OPTIONAL_COLUMNS and not text:
+        if key in EVALUATION_COLUMNS and not text:
             return None
         return int(text) if key == "epoch" else float(text)
 
@@ -264,7 +266,15 @@ class Run:
 
     @property
     def best_acc(self) -> float:
-        return max(r["test_acc"] for r in self.metrics)
+        return max(r["test_acc"] for r in self.evaluated)
+
+    @property
+    def evaluated(self) -> list[dict[str, Any]]:
+        """The rows of the epochs whose test set was evaluated (all, unless the recipe
+        evaluates after its last epoch only), each with its cumulative `elapsed` seconds."""
+        return [{**row, "elapsed": t} for row, t in zip(self.metrics, self.elapsed,
+                                                        strict=True)
+                if row["test_acc"] is not None]
 
     @property
     def collapsed(self) -> bool:
@@ -305,6 +315,10 @@ def load_runs(folder: Path) -> tuple[dict[str, list[Run]], list[str]]:
         run = read_run(path)
         if not run.metrics:
             notes.append(f"{path.name} has no finished epoch and is left out.")
+            continue
+        if run.metrics[-1]["test_acc"] is None:
+            notes.append(f"{path.name} stopped before its evaluation (its recipe evaluates "
+                         "after the last epoch only) and is left out.")
             continue
         groups.setdefault(run.recipe.name, []).append(run)
     if not groups:

@@ -225,7 +225,8 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
                     row, predicted = _epoch(parts, data, run, epoch, stop, progress, loggers,
                                             per_epoch)
                     metrics.append(row)
-                    run.write_predictions(data.test.labels, predicted)
+                    if predicted is not None:
+                        run.write_predictions(data.test.labels, predicted)
                     save_checkpoint(run.checkpoint, parts.state_dict(), epoch, recipe, metrics)
                     run.write_metrics(metrics)
                     for logger in loggers:
@@ -246,9 +247,10 @@ def train(recipe: Recipe, data: Datasets, run: RunFolder, device: torch.device, 
 
 def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int, stop: StopRequest,
            progress: bool, loggers: Sequence[Logger],
-           per_epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
-    """Train one epoch, evaluate the recipe's reported weights, step the per-epoch parts;
-    return the metrics row and the test-set predictions."""
+           per_epoch: int) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """Train one epoch, evaluate the recipe's reported weights (after every epoch, or after
+    the last only), step the per-epoch parts; return the metrics row and the test-set
+    predictions (None when this epoch was not evaluated)."""
     start = time.perf_counter()
     lr = parts.optimizer.param_groups[0]["lr"]
     try:
@@ -264,9 +266,12 @@ def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int, stop: StopR
             f"loss became {e.value} at epoch {epoch} step {e.step}; training stopped, "
             f"{checkpoint_note(run, epoch - 1, resume_hint=False)}; try a lower --lr"
         ) from None
-    evaluator = Predictor(parts.evaluated, parts.recipe.evaluate)
-    test_loss, test_acc, predicted = evaluator.evaluate_predicted(data.test)
-    val_loss, val_acc = evaluator.evaluate(data.val) if data.val is not None else (None, None)
+    test_loss = test_acc = predicted = val_loss = val_acc = None
+    if parts.recipe.evaluate.every_epoch or epoch == parts.recipe.epochs:
+        evaluator = Predictor(parts.evaluated, parts.recipe.evaluate)
+        test_loss, test_acc, predicted = evaluator.evaluate_predicted(data.test)
+        if data.val is not None:
+            val_loss, val_acc = evaluator.evaluate(data.val)
     parts.after_epoch()
     return {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
             "test_loss": test_loss, "test_acc": test_acc, "lr": lr,

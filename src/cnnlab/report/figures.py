@@ -68,9 +68,9 @@ def write_run_figures(folder: Path, rows: list[dict[str, Any]], title: str) -> N
 def band(ax: Axes, runs: list[Run], key: str, label: str, scale: float = 1.0,
          style: str = "-") -> None:
     """Mean line over seeds, with a shaded min–max band when there are several seeds."""
-    epochs = sorted({row["epoch"] for r in runs for row in r.metrics})
-    values = [[scale * row[key] for r in runs for row in r.metrics if row["epoch"] == e]
-              for e in epochs]
+    epochs = sorted({row["epoch"] for r in runs for row in r.metrics if row[key] is not None})
+    values = [[scale * row[key] for r in runs for row in r.metrics if row["epoch"] == e
+               and row[key] is not None] for e in epochs]
     line, = ax.plot(epochs, [statistics.mean(v) for v in values], style, marker="o", ms=3,
                     label=label if len(runs) == 1 else f"{label} (mean of {len(runs)} seeds)")
     if len(runs) > 1:
@@ -131,8 +131,8 @@ def seed_lines(ax: Axes, name: str, runs: list[Run], key: str, scale: float,
         for k, run in enumerate(chosen):
             label = f"{name}: {len(chosen)} seed{'s' * (len(chosen) > 1)}{kind}" if k == 0 \
                 else None
-            ax.plot([row["epoch"] for row in run.metrics],
-                    [scale * row[key] for row in run.metrics], style, color=color, lw=1,
+            ax.plot([row["epoch"] for row in run.evaluated],
+                    [scale * row[key] for row in run.evaluated], style, color=color, lw=1,
                     marker="o", ms=2, alpha=alpha, label=label)
 
 
@@ -171,7 +171,8 @@ def time_figure(groups: dict[str, list[Run]], target: float) -> Figure:
     ax = fig.subplots()
     for i, (name, runs) in enumerate(groups.items()):
         for k, run in enumerate(runs):
-            ax.plot([t / 60 for t in run.elapsed], [100 * r["test_acc"] for r in run.metrics],
+            ax.plot([r["elapsed"] / 60 for r in run.evaluated],
+                    [100 * r["test_acc"] for r in run.evaluated],
                     "o-", ms=2.5, lw=1, color=f"C{i % 10}", alpha=0.8,
                     label=f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})" if k == 0
                     else None)

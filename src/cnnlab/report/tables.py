@@ -117,9 +117,9 @@ def study_best() -> float:
 
 def time_to(run: Run, accuracy: float) -> tuple[int, float] | None:
     """The first epoch whose test accuracy reaches `accuracy`, and the seconds until then."""
-    for row, seconds in zip(run.metrics, run.elapsed, strict=True):
+    for row in run.evaluated:
         if row["test_acc"] >= accuracy:
-            return row["epoch"], seconds
+            return row["epoch"], row["elapsed"]
     return None
 
 

@@ -125,7 +125,7 @@ def runs_count(values: list[float]) -> str:
 
 def volatility(run: Run) -> float | None:
     """How erratic the test loss is: std of its epoch-to-epoch changes."""
-    changes = np.diff([r["test_loss"] for r in run.metrics])
+    changes = np.diff([r["test_loss"] for r in run.evaluated])
     return sample_std(changes.tolist())
 
 
@@ -171,7 +171,7 @@ def collapse_text(groups: dict[str, list[Run]], present: list[str]) -> list[str]
 def chance_from(run: Run) -> int:
     """The first epoch of the run's final stretch at chance level."""
     epoch = run.metrics[-1]["epoch"]
-    for row in reversed(run.metrics):
+    for row in reversed(run.evaluated):
         if row["test_acc"] >= CHANCE_BAND:
             break
         epoch = row["epoch"]

@@ -276,7 +276,7 @@ class TrialLogger(Logger):
         spec = self.worker.spec
         self.worker.say(f"{self.label} {format_epoch(row, self.epochs, brief=True)}  "
                         f"{row['seconds']:.1f}s")
-        if spec.kind == "search":
+        if spec.kind == "search" and row[spec.objective] is not None:
             self.trial.report(row[spec.objective], row["epoch"])
             if self.trial.should_prune():
                 raise TrialPruned(
