@@ -510,6 +510,8 @@ def test_time_to_accuracy_is_read_from_the_test_curve(tmp_path: Path, data_dir: 
     assert rows["custom"]["time to reach it (min)"] == "0.42 ± 0.12 (0.33–0.50)"
     assert rows["custom"]["first epoch"] == "2, 3"
     assert rows["custom"]["training time per run (min)"] == "0.50 ± 0.00 (0.50–0.50)"
+    # 5,000 images/s × 6 × 87,201,024 multiply-adds; these folders recorded no peak
+    assert rows["custom"]["train GFLOP/s (% of matmul peak)"] == "2616"
     assert rows["lenet"]["seeds reaching 93.3%"] == "0 of 1"
     assert rows["lenet"]["time to reach it (min)"] == "never"
     assert rows["lenet"]["training time per run (min)"] == "0.33"
@@ -546,7 +548,8 @@ def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
         folder = tmp_path / "runs" / f"custom-seed{seed}"
         info = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**info, "machine": machine,
-                                                        "threads": threads}))
+                                                        "threads": threads,
+                                                        "matmul_peak_gflops": 5000.0}))
         metrics = (folder / "metrics.csv").read_text().replace(",10.0,", f",{30 * minutes},")
         (folder / "metrics.csv").write_text(metrics)
     fake_run(tmp_path, "lenet", 0, [0.88, 0.90], [0.4, 0.3])
@@ -559,6 +562,7 @@ def test_times_of_different_machines_share_no_table(tmp_path: Path) -> None:
     epyc, xeon, epyc_one_thread, unknown = ({row["recipe"]: row for row in rows}
                                             for rows in tables.values())
     assert epyc_one_thread["custom"]["training time per run (min)"] == "16.00"
+    assert epyc_one_thread["custom"]["train GFLOP/s (% of matmul peak)"] == "2616 (52 %)"
     # 2 epochs of 30·m seconds each: m minutes a run
     assert epyc["custom"]["seeds"] == "2"
     assert epyc["custom"]["training time per run (min)"] == "4.50 ± 4.95 (1.00–8.00)"

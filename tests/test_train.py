@@ -32,6 +32,7 @@ def test_lenet_smoke_run_learns(tmp_path, data_dir):
     assert saved["recipe"]["limit_train"] == 5000 and saved["device"] == "cpu"
     assert saved["recipe"]["optimizer"] == recipe.to_dict()["optimizer"]
     assert {"torch", "started", "git_commit", "cnnlab", "threads"} <= set(saved)
+    assert saved["matmul_peak_gflops"] > 0  # the CPU's limit, for the report's % of peak
     for name in ("loss.png", "accuracy.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader
 from cnnlab import __version__
 from cnnlab.augment import eval_batch
 from cnnlab.data import ImageSet, load_split
-from cnnlab.device import as_input, machine_name, prepare_model
+from cnnlab.device import (
+    as_input,
+    machine_name,
+    matmul_peak_gflops,
+    prepare_model,
+    train_gflops,
+)
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import predict_logits
 from cnnlab.models import count_macs, create_model, fit_to_data, get_model
@@ -44,14 +50,6 @@ from cnnlab.reference import PerSampleDataset
 from cnnlab.train import train_one_epoch
 
 BATCH = 64
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of an n×n matmul on this device with the current threads (best of)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -171,11 +169,6 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
         side: train_gflops(result["train"][side]["median"], result["macs_per_image"])
         for side in ("reference", "cnnlab")}
     return result
-
-
-def train_gflops(images_per_s: float, macs_per_image: int) -> float:
-    """Training costs about 3× the forward pass (forward, input grads, weight grads)."""
-    return images_per_s * 3 * 2 * macs_per_image / 1e9
 
 
 def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,

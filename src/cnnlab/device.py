@@ -4,6 +4,7 @@ numeric precision."""
 from __future__ import annotations
 
 import platform
+import time
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -28,6 +29,25 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise CnnlabError(f"unknown device {name!r}; use auto, cpu, cuda or mps") from None
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of an n×n matmul on the CPU with the current threads (best of
+    `repeats`): the limit a training step's achieved GFLOP/s is set against."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def train_gflops(images_per_s: float, macs_per_image: int) -> float:
+    """Achieved training GFLOP/s: a training step costs about 3× the forward pass (forward,
+    input gradients, weight gradients), 2 FLOP a multiply-add."""
+    return images_per_s * 3 * 2 * macs_per_image / 1e9
 
 
 def machine_name(device: torch.device) -> str:

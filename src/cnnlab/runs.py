@@ -32,7 +32,7 @@ import torch
 
 from cnnlab import __version__
 from cnnlab.data import CLASSES
-from cnnlab.device import machine_name
+from cnnlab.device import machine_name, matmul_peak_gflops
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
 from cnnlab.recipe import STUDY_ORDER, Recipe, from_record
@@ -45,6 +45,9 @@ OPTIONAL_COLUMNS = ("val_loss", "val_acc")
 EVALUATION_COLUMNS = ("test_loss", "test_acc", *OPTIONAL_COLUMNS)
 RUN_FILES = ("last.pt", "model.pt", "metrics.csv", "predictions.csv", "config.json",
              "loss.png", "accuracy.png")
+# The matrix side of the matmul peak a run measures as it starts: 2·1024³ FLOP a repeat,
+# a fraction of a second, against `cnnlab bench`'s 2048.
+RUN_PEAK_N = 1024
 # Within 5 points of chance: a network that collapsed (a no-BN network at a high learning
 # rate can die in its first steps) rather than trained badly.
 CHANCE_BAND = 1 / len(CLASSES) + 0.05
@@ -184,6 +187,9 @@ class RunFolder:
             "device": str(device),
             "machine": machine_name(device),
             "threads": torch.get_num_threads(),
+            # The CPU's limit, measured as the run starts, for the report's % of peak.
+            "matmul_peak_gflops": (round(matmul_peak_gflops(RUN_PEAK_N), 1)
+                                   if device.type == "cpu" else None),
             "torch": torch.__version__,
             "cnnlab": __version__,
             **git_record(),

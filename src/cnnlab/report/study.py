@@ -227,7 +227,11 @@ def time_section(doc: Document, groups: dict[str, list[Run]]) -> None:
              f"{100 * target:.1f}% test accuracy (training and per-epoch evaluation; the "
              "test curve is read here, never used to choose a recipe). Times compare only "
              "between runs on the same machine, so each table holds one machine's runs; the "
-             "figure draws every run."
+             "figure draws every run. Train GFLOP/s is 3 × 2 × the network's multiply-adds "
+             "per training image at the median images/s of the runs' epochs; in brackets its "
+             "share of the fp32 matmul peak (1024×1024, the run's threads) that each run "
+             "measured as it started, where it recorded one: how close the recipe runs to "
+             "the machine's limit."
              + (" Run folders that did not record their machine, per recipe: "
                 f"{', '.join(unrecorded)}; their times are listed apart and averaged with no "
                 "other run's." if unrecorded else ""))

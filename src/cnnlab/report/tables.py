@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from cnnlab.device import train_gflops
 from cnnlab.models import count_macs, count_parameters, create_model, is_user_code
 from cnnlab.recipe import STUDY_ORDER, builtin
 from cnnlab.runs import Run
@@ -152,7 +153,21 @@ def time_table(groups: dict[str, list[Run]], target: float) -> Table:
             "first epoch": ", ".join(str(e) for e, _ in reached) or "–",
             "final accuracy": pct_summary([r.final_acc for r in runs]),
             "training time per run (min)": spread([r.elapsed[-1] / 60 for r in runs]),
+            "train GFLOP/s (% of matmul peak)": gflops_cell(runs),
             # older run folders did not record the CPU or GPU model
             "machine": recorded(runs, "machine", "not recorded"),
         })
     return Table.from_records(records)
+
+
+def gflops_cell(runs: list[Run]) -> str:
+    """The runs' achieved training GFLOP/s (median images/s over their epochs), and its share
+    of the fp32 matmul peak the runs measured as they started, where they did."""
+    spec = runs[0].recipe.model
+    if is_user_code(spec.name):
+        return "—"
+    images_per_s = statistics.median(row["train_img_per_s"] for r in runs for row in r.metrics)
+    gflops = train_gflops(images_per_s, count_macs(create_model(spec.name, spec.args)))
+    peaks = [r.info["matmul_peak_gflops"] for r in runs if r.info.get("matmul_peak_gflops")]
+    share = f" ({100 * gflops / statistics.median(peaks):.0f} %)" if peaks else ""
+    return f"{gflops:.0f}{share}"
