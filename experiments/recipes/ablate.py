@@ -38,7 +38,8 @@ class Row:
     change: str  # what this row changes, against the row it builds on
     recipe: str  # a built-in recipe
     settings: dict[str, str]  # --set KEY=VALUE, everything that differs from the recipe
-    kept: bool  # whether the rows after it build on it
+    kept: bool | str  # whether the rows after it build on it; a str: the later row that
+    # joins it with others, each measured alone against the same row
 
     def command(self, seed: int | str) -> list[str]:
         sets = [arg for k, v in self.settings.items() for arg in ("--set", f"{k}={v}")]
@@ -53,7 +54,7 @@ def path(recipe: str, steps: list[tuple[str, str, dict[str, str], bool]]) -> lis
     for key, change, update, kept in steps:
         row = Row(key, change, recipe, {**settings, **update}, kept)
         rows.append(row)
-        if kept:
+        if kept is True:
             settings = row.settings
     return rows
 
@@ -104,18 +105,27 @@ SPRINT: list[Row] = path("fast", [
                                          "bn_scale=false}"}, False),
     ("identity-init", "identity-initialised block convolutions",
      {"model.args": "{whiten=2, identity=true}"}, False),
-    ("norm-bias-lr-8", "8× the learning rate for BatchNorm and bias parameters",
-     {"optimizer.norm_bias_lr_scale": "8"}, False),
-    ("shift-tta", "test-time translation averaging by 1 pixel (3× the evaluation)",
-     {"evaluate.shift": "1"}, False),
     ("narrow-4ep", "widths 24/48/96 instead of 32/64/128 (0.59× the multiply-adds, 1.5× "
      "the images/s) for 4 epochs instead of 3", {"model.args": "{whiten=2, widths=[24, 48, "
-                                                 "96]}", "epochs": "4"}, False),
-    ("narrow-5ep", "the same for 5 epochs", {"model.args": "{whiten=2, widths=[24, 48, 96]}",
-                                             "epochs": "5"}, False),
+                                                 "96]}", "epochs": "4"}, True),
+    ("narrow-5ep", "5 epochs instead of 4", {"epochs": "5"}, "sprint"),
+    ("shift-tta", "test-time translation averaging by 1 pixel (3× the evaluation)",
+     {"evaluate.shift": "1"}, "sprint"),
+    ("sprint", "5 epochs and translation averaging together, evaluated after the last epoch "
+     "only: the recipe `sprint`", {"epochs": "5", "evaluate.shift": "1",
+                                   "evaluate.every_epoch": "false"}, True),
 ])
-PATHS = {"From the study's recipe to `fast` and `strong`": ROWS,
-         "The sprint: `fast` in two CPU minutes": SPRINT}
+PATHS = {
+    "From the study's recipe to `fast` and `strong`": (
+        ROWS, "The two seeds of a row ran side by side."),
+    "The sprint: `fast` in two CPU minutes": (
+        SPRINT, "Until row `sprint`, the seeds of a row ran one after the other with a study "
+        "run (custom_nobn_lr1e-3, one thread) on the other core, and for a few minutes tests "
+        "beside them: their times compare roughly; row `sprint` ran its two seeds side by "
+        "side. Measured and not made rows: `torch.compile` of the training step "
+        "(experiments/recipes/compile_probe.py) and batch 512, neither faster; see "
+        "docs/beyond.md."),
+}
 
 
 def run(rows: list[Row], seeds: list[int]) -> None:
@@ -140,18 +150,20 @@ def table(rows: list[Row]) -> str:
             runs.setdefault(folder.name.rsplit("-seed", 1)[0], []).append(run)
     lines = ["# From the study's recipe to faster ones, one change at a time", "",
              "Each row adds one change to the last row marked *kept*; a row that is not kept "
-             "was measured and dropped, and the next row builds on the one before it. "
+             "was measured and dropped, and the next row builds on the one before it; rows "
+             "marked *in R* were each measured alone against the same row, and row R joins "
+             "them. "
              f"Every run holds out {VAL:,} training images and is judged by its final "
              "validation accuracy (the test set is never read here). Training time is the "
-             "sum of metrics.csv's seconds (training and per-epoch evaluation), one thread "
-             "per run with the two seeds side by side on the machine named. Produced by "
+             "sum of metrics.csv's seconds (training and evaluation), one thread per run with "
+             "the other core busy (see each table), on the machine named. Produced by "
              "`python -m experiments.recipes.ablate run --seeds S` for S = 0 and 1, then "
              "`python -m experiments.recipes.ablate table > results/recipes/ABLATION.md`."]
-    for title, path_rows in PATHS.items():
+    for title, (path_rows, note) in PATHS.items():
         shown = [row for row in path_rows if row in rows and runs.get(row.key)]
         if not shown:
             continue
-        lines += ["", f"## {title}", "",
+        lines += ["", f"## {title}", "", note, "",
                   "| row | change | kept | seeds | validation accuracy (%) | training time "
                   "per run (s) | machine | command (per seed S) |", "|" + " --- |" * 8]
         lines += [table_row(row, runs[row.key], baseline=row is path_rows[0])
@@ -166,7 +178,8 @@ def table_row(row: Row, done: list[Run], baseline: bool) -> str:
             f"{statistics.mean(acc):.2f} ± {statistics.stdev(acc):.2f}")
     command = shlex.join(row.command("S"))
     machines = ", ".join(dict.fromkeys(str(r.info.get("machine", "?")) for r in done))
-    kept = "baseline" if baseline else "yes" if row.kept else "no"
+    kept = ("baseline" if baseline else "yes" if row.kept is True
+            else f"in {row.kept}" if row.kept else "no")
     return (f"| {row.key} | {row.change} | {kept} | "
             f"{', '.join(str(r.recipe.seed) for r in done)} | {cell} | "
             f"{statistics.mean(seconds):.0f} | {machines} | `{command}` |")
@@ -178,7 +191,7 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated row keys (default: all)")
     parser.add_argument("--seeds", type=int_list, default=int_list("0,1"))
     args = parser.parse_args()
-    every = [row for rows in PATHS.values() for row in rows]
+    every = [row for rows, _ in PATHS.values() for row in rows]
     keys = args.rows.split(",") if args.rows else [r.key for r in every]
     if unknown := set(keys) - {r.key for r in every}:
         parser.error(f"unknown row(s) {', '.join(sorted(unknown))}")
