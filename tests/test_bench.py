@@ -48,14 +48,17 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
 def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_train=600, n_test=40)
     out = tmp_path / "bench.json"
-    code = main(["bench", "--recipes", "fast", "--steps", "2", "--repeats", "2",
+    # 3 warm-up and 3 × 1 timed steps: more than sprint's 5 epochs of 1 step, which its
+    # one-cycle schedule would refuse if the bench sized the schedule by --steps alone
+    code = main(["bench", "--recipes", "fast,sprint", "--steps", "1", "--repeats", "3",
                  "--data-dir", str(data), "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())
     assert result["models"] == {}  # --recipes alone times no study network
+    assert list(result["recipes"]) == ["fast", "sprint"]
     fast = result["recipes"]["fast"]
-    assert fast["batch_size"] == 256 and len(fast["train"]["samples"]) == 2
+    assert fast["batch_size"] == 256 and len(fast["train"]["samples"]) == 3
     assert fast["train"]["gflops"] == pytest.approx(
         fast["train"]["median"] * 6 * fast["macs_per_image"] / 1e9)
     percent = 100 * fast["train"]["gflops"] / result["matmul_peak_gflops"]

@@ -9,6 +9,7 @@ import pytest
 from cnnlab.stats import (
     fisher_exact,
     mcnemar_exact,
+    mean_interval,
     newcombe_interval,
     student_t_cdf,
     student_t_quantile,
@@ -79,3 +80,11 @@ def test_welch_interval_needs_two_values_a_group() -> None:
     assert welch_interval([0.93, 0.92], []) is None
     # two constant groups: no spread, the difference is exact
     assert welch_interval([2.0, 2.0], [1.0, 1.0])[:3] == (1.0, 1.0, 1.0)
+
+
+def test_mean_interval_is_students_t() -> None:
+    # 1, 2, 3: mean 2, standard error 1/√3, t(0.975, 2) = 4.302653 (t tables)
+    low, high = mean_interval([1.0, 2.0, 3.0])
+    assert low == pytest.approx(2 - 4.302653 / 3**0.5, abs=1e-5)
+    assert high == pytest.approx(2 + 4.302653 / 3**0.5, abs=1e-5)
+    assert mean_interval([5.0]) is None

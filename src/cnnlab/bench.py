@@ -180,7 +180,8 @@ def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,
     model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
                           recipe.model.memory_format)
     fit_to_data(model, eval_batch(train_set.images[:2000]))
-    parts = build_parts(recipe, model, device, steps)
+    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
+    parts = build_parts(recipe, model, device, (repeats + 1) * steps)
     if steps * recipe.batch_size > len(train_set):
         raise CnnlabError(f"{steps} steps of recipe {name}'s batch {recipe.batch_size} need "
                           f"{steps * recipe.batch_size} training images; lower --steps")

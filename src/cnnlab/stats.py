@@ -42,6 +42,19 @@ def welch_interval(a: Sequence[float], b: Sequence[float],
     return Difference(diff, diff - half, diff + half, df)
 
 
+def mean_interval(values: Sequence[float], confidence: float = 0.95
+                  ) -> tuple[float, float] | None:
+    """The Student's t interval of the mean of `values` (seeds): the speed runs' test that a
+    recipe's mean reaches a target is that the interval's lower end does. None for fewer
+    than two values."""
+    if len(values) < 2:
+        return None
+    mean = statistics.mean(values)
+    half = (student_t_quantile((1 + confidence) / 2, len(values) - 1)
+            * statistics.stdev(values) / math.sqrt(len(values)))
+    return mean - half, mean + half
+
+
 def student_t_quantile(p: float, df: float) -> float:
     """The p-quantile of Student's t with `df` degrees of freedom (fractional, as Welch's
     are), found by bisection on the distribution function."""

@@ -14,7 +14,7 @@ from cnnlab.device import train_gflops
 from cnnlab.models import count_macs, count_parameters, create_model, is_user_code
 from cnnlab.recipe import STUDY_ORDER, builtin
 from cnnlab.runs import Run
-from cnnlab.stats import sample_std
+from cnnlab.stats import mean_interval, sample_std
 
 # The results table's columns that fit a terminal.
 TERMINAL_COLUMNS = ("recipe", "seeds", "final test acc (%)", "study (%)", "Δ (points)",
@@ -80,6 +80,12 @@ def recorded(runs: list[Run], key: str, missing: str) -> str:
 
 # --------------------------------------------------------------------------- results
 
+def interval_cell(accuracies: list[float]) -> str:
+    """Student's t interval of the mean accuracy over seeds, in percent; empty for one."""
+    interval = mean_interval(accuracies)
+    return "" if interval is None else f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}"
+
+
 def results_table(groups: dict[str, list[Run]]) -> Table:
     return Table.from_records([result_record(name, runs) for name, runs in groups.items()])
 
@@ -94,6 +100,7 @@ def result_record(name: str, runs: list[Run]) -> dict[str, str]:
         "recipe": name,
         "seeds": ", ".join(str(r.recipe.seed) for r in runs),
         "final test acc (%)": pct_summary([r.final_acc for r in runs]),
+        "mean's 95 % interval (%)": interval_cell([r.final_acc for r in runs]),
         "study (%)": "" if study is None else f"{100 * study:.1f}",
         "Δ (points)": "" if study is None else (f"{100 * (mean_final(runs) - study):+.2f}"
                                                 if trained_as_study(runs)
