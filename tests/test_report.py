@@ -22,6 +22,7 @@ from cnnlab.loggers import Logger
 from cnnlab.models import count_macs, count_parameters, get_model
 from cnnlab.recipe import builtin
 from cnnlab.report.study import SECTIONS, build_report
+from cnnlab.report.tables import results_table
 from cnnlab.runs import RunFolder, load_runs
 from cnnlab.stats import welch_interval
 from conftest import one_line_error, study_recipe, train_recipe
@@ -379,6 +380,11 @@ def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     assert says(text, "1 of 2 custom_nobn runs did not learn", "custom_nobn-seed1",
                 "epoch 1", "50%", "9–91%", "88.00%")
     assert says(text, "0 of 1 custom runs did not learn", "0%", "0–79%", "93.00%")
+    # no t interval of a mean over a learned and a collapsed run: it would be meaningless
+    table = results_table(groups)
+    rows = {row[0]: dict(zip(table.headers, row, strict=True)) for row in table.rows}
+    assert rows["custom_nobn"]["mean's 95 % interval (%)"] == "— (1 of 2 collapsed)"
+    assert rows["custom"]["mean's 95 % interval (%)"] == ""  # one seed
 
 
 def test_accuracy_verdicts_are_worded_from_the_welch_interval() -> None:

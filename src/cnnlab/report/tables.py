@@ -80,9 +80,14 @@ def recorded(runs: list[Run], key: str, missing: str) -> str:
 
 # --------------------------------------------------------------------------- results
 
-def interval_cell(accuracies: list[float]) -> str:
-    """Student's t interval of the mean accuracy over seeds, in percent; empty for one."""
-    interval = mean_interval(accuracies)
+def interval_cell(runs: list[Run]) -> str:
+    """Student's t interval of the mean accuracy over seeds, in percent; empty for one
+    seed. Runs that collapsed to chance make the spread bimodal and such an interval
+    meaningless: the cell says so (section 3 compares the runs that learned)."""
+    collapsed = sum(r.collapsed for r in runs)
+    if collapsed:
+        return f"— ({collapsed} of {len(runs)} collapsed)"
+    interval = mean_interval([r.final_acc for r in runs])
     return "" if interval is None else f"{100 * interval[0]:.2f}–{100 * interval[1]:.2f}"
 
 
@@ -100,7 +105,7 @@ def result_record(name: str, runs: list[Run]) -> dict[str, str]:
         "recipe": name,
         "seeds": ", ".join(str(r.recipe.seed) for r in runs),
         "final test acc (%)": pct_summary([r.final_acc for r in runs]),
-        "mean's 95 % interval (%)": interval_cell([r.final_acc for r in runs]),
+        "mean's 95 % interval (%)": interval_cell(runs),
         "study (%)": "" if study is None else f"{100 * study:.1f}",
         "Δ (points)": "" if study is None else (f"{100 * (mean_final(runs) - study):+.2f}"
                                                 if trained_as_study(runs)
