@@ -8,15 +8,18 @@ from cnnlab.cli import main
 from conftest import write_dataset
 
 
+def bench(tmp_path, capsys, n_train: int, *args: str) -> tuple[str, dict]:
+    """`cnnlab bench ARGS` on synthetic data: what it printed, and its JSON."""
+    data = write_dataset(tmp_path / "data", n_train=n_train, n_test=40)
+    out = tmp_path / "bench.json"
+    assert main(["bench", *args, "--data-dir", str(data), "--json", str(out)]) == 0
+    return capsys.readouterr().out, json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_bench_writes_table_and_json(tmp_path, capsys):
-    data = write_dataset(tmp_path / "data", n_train=256, n_test=40)
-    out = tmp_path / "bench.json"
-    code = main(["bench", "--models", "lenet,custom,speednet", "--steps", "2", "--repeats", "2",
-                 "--data-dir", str(data), "--json", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0
-    result = json.loads(out.read_text())
+    printed, result = bench(tmp_path, capsys, 256, "--models", "lenet,custom,speednet",
+                            "--steps", "2", "--repeats", "2")
     assert result["batch_size"] == 64 and result["eval_images"] == 40
     assert result["matmul_peak_gflops"] > 0
     for name in ("lenet", "custom", "speednet"):  # speednet: no recipe of its own name
@@ -46,15 +49,10 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
-    data = write_dataset(tmp_path / "data", n_train=600, n_test=40)
-    out = tmp_path / "bench.json"
     # 3 warm-up and 3 × 1 timed steps: more than sprint's 5 epochs of 1 step, which its
     # one-cycle schedule would refuse if the bench sized the schedule by --steps alone
-    code = main(["bench", "--recipes", "fast,sprint", "--steps", "1", "--repeats", "3",
-                 "--data-dir", str(data), "--json", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0
-    result = json.loads(out.read_text())
+    printed, result = bench(tmp_path, capsys, 600, "--recipes", "fast,sprint", "--steps", "1",
+                            "--repeats", "3")
     assert result["models"] == {}  # --recipes alone times no study network
     assert list(result["recipes"]) == ["fast", "sprint"]
     fast = result["recipes"]["fast"]
