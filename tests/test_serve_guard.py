@@ -189,7 +189,7 @@ def test_an_overloaded_server_answers_503_in_json(predictor, picture):
             release.wait(10)  # held until the overloaded request has had its answer
             return predictor.predict(*args, **kwargs)
 
-    slow = Slow(predictor.model, predictor.flip, predictor.recipe)
+    slow = Slow(predictor.model, predictor.views, predictor.recipe)
     with TestClient(create_app(slow, limits=Limits(threads=1, queue=1))) as client:
         def ask() -> int:
             return client.post("/v1/predict", content=picture,
