@@ -47,7 +47,7 @@ from cnnlab.models.registry import plain_path
 from cnnlab.parts import Parts, build_parts
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.reference import PerSampleDataset
-from cnnlab.train import train_one_epoch
+from cnnlab.train import FIT_IMAGES, train_one_epoch
 
 BATCH = 64
 
@@ -176,15 +176,15 @@ def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,
     """Training images/s of a recipe's own loop, and evaluation images/s with its test-time
     views: what a run of it spends its time on."""
     recipe = builtin(name)
-    torch.manual_seed(0)
-    model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
-                          recipe.model.memory_format)
-    fit_to_data(model, eval_batch(train_set.images[:2000]))
-    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
-    parts = build_parts(recipe, model, device, (repeats + 1) * steps)
     if steps * recipe.batch_size > len(train_set):
         raise CnnlabError(f"{steps} steps of recipe {name}'s batch {recipe.batch_size} need "
                           f"{steps * recipe.batch_size} training images; lower --steps")
+    torch.manual_seed(0)
+    model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
+                          recipe.model.memory_format)
+    fit_to_data(model, eval_batch(train_set.images[:FIT_IMAGES]))  # as training does
+    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
+    parts = build_parts(recipe, model, device, (repeats + 1) * steps)
     cnnlab_train(parts, train_set, 3)  # warm-up: first calls allocate and pick kernels
     train, evaluate = [], []
     for _ in range(repeats):
