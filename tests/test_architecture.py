@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The layers of docs/architecture.md, lowest first. A module not named takes its package's.
 LAYERS: list[set[str]] = [
     {"cnnlab", "errors", "files", "stats"},
-    {"spec", "data", "device", "augment", "models", "reference"},
+    {"spec", "data", "device", "augment", "models", "reference", "muon"},
     {"recipe", "parts"},
     {"runs", "checkpoint", "loggers", "report", "report.figures", "report.document"},
     {"inference", "explain"},

@@ -9,6 +9,9 @@ import torch
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Logger, format_epoch
+from cnnlab.models import create_model
+from cnnlab.muon import orthogonalised
+from cnnlab.parts import make_optimizer
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
 from cnnlab.train import resume_recipe
@@ -127,6 +130,22 @@ def test_resume_is_exact_with_every_new_part(tmp_path, data_dir):
     assert lrs[0] < lrs[1] and lrs[2] < lrs[1]  # one-cycle, stepped per batch
     state = torch.load(tmp_path / "b/last.pt", weights_only=True)
     assert int(state["averaged"]["n_averaged"]) == 3 * 13  # 640 / 50 → 13 steps an epoch
+
+
+def test_muon_steps_filters_orthogonally_and_resumes_exactly(tmp_path, data_dir):
+    """optimizer muon: the convolution filters get their own group at filter_lr, stepped by
+    an orthogonalised update (its singular values near 1); the rest is SGD; resume exact."""
+    recipe = study_recipe("fast", epochs=2, limit_train=1024, limit_test=100, batch_size=128,
+                          **{"optimizer.name": "muon", "optimizer.filter_lr": 0.02})
+    rows = assert_resume_is_exact(recipe, tmp_path, data_dir)
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    model = create_model(recipe.model.name, recipe.model.args)
+    groups = make_optimizer(model, recipe.optimizer, CPU).param_groups
+    assert [g["orthogonalise"] for g in groups] == [False, False, True]
+    assert groups[2]["lr"] == 0.02 and all(p.ndim == 4 for p in groups[2]["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    singular = torch.linalg.svdvals(orthogonalised(torch.randn(48, 24, 3, 3)).reshape(48, -1))
+    assert singular.min() > 0.5 and singular.max() < 1.3
 
 
 def test_evaluating_after_the_last_epoch_only_trains_the_same_and_resumes(tmp_path, data_dir):

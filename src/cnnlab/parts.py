@@ -1,5 +1,6 @@
 """The training parts a recipe builds: optimizer with parameter groups, learning-rate
-schedule, loss and weight averaging, all from torch's own implementations."""
+schedule, loss and weight averaging, all from torch's own implementations but Muon for
+convolution filters (cnnlab.muon), which torch's does not step."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.optim import lr_scheduler
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cnnlab.errors import CnnlabError
+from cnnlab.muon import Muon
 from cnnlab.recipe import AverageSpec, OptimizerSpec, Recipe, ScheduleSpec
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -22,18 +24,25 @@ NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 def param_groups(model: nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
     """One group of all parameters, unless norm-layer and bias parameters are to be
-    treated apart (no weight decay, or their own lr multiplier): then two groups."""
+    treated apart (no weight decay, or their own lr multiplier): then two groups. Muon adds
+    a last group, of the trained convolution filters, at their own lr."""
+    params = list(model.parameters())
+    filters = []
+    if spec.name == "muon":
+        filters = [{"params": [p for p in params if p.ndim == 4 and p.requires_grad],
+                    "lr": spec.filter_lr, "orthogonalise": True}]
+        params = [p for p in params if p.ndim != 4 or not p.requires_grad]
     if spec.norm_bias_decay and spec.norm_bias_lr_scale == 1.0:
-        return [{"params": list(model.parameters())}]
+        return [{"params": params}, *filters]
     special = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS)
                for p in m.parameters(recurse=False)}
     special |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
-    rest = [p for p in model.parameters() if id(p) not in special]
-    norm_bias = [p for p in model.parameters() if id(p) in special]
+    rest = [p for p in params if id(p) not in special]
+    norm_bias = [p for p in params if id(p) in special]
     group = {"params": norm_bias, "lr": spec.lr * spec.norm_bias_lr_scale}
     if not spec.norm_bias_decay:
         group["weight_decay"] = 0.0
-    return [{"params": rest}, group]
+    return [{"params": rest}, group, *filters]
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerSpec,
@@ -43,6 +52,8 @@ def make_optimizer(model: nn.Module, spec: OptimizerSpec,
     groups = param_groups(model, spec)
     fused = spec.fused and device.type in ("cpu", "cuda")
     common = {"lr": spec.lr, "weight_decay": spec.weight_decay, "fused": fused or None}
+    if spec.name == "muon":
+        return Muon(groups, spec.lr, spec.momentum, spec.nesterov, spec.weight_decay)
     if spec.name == "sgd":
         return torch.optim.SGD(groups, momentum=spec.momentum, nesterov=spec.nesterov,
                                **common)

@@ -64,15 +64,19 @@ class ModelSpec:
 
 @dataclass
 class OptimizerSpec:
-    name: str = key("adam", "the optimizer", OneOf(("adam", "adamw", "sgd")))
+    name: str = key("adam", "the optimizer; muon: orthogonalised steps for convolution "
+                    "filters (at filter_lr), SGD for the rest", OneOf(("adam", "adamw", "sgd",
+                                                                        "muon")))
     lr: float = key(0.001, "base learning rate (the peak for onecycle)", POSITIVE,
                     flag="--lr")
     weight_decay: float = key(0.0, "weight decay (L2 for adam and sgd, decoupled for adamw)",
                               NON_NEGATIVE)
     betas: list[float] = key([0.9, 0.999], "adam/adamw: the two moment decay rates",
                              Each(FRACTION, 2))
-    momentum: float = key(0.9, "sgd: momentum", FRACTION)
-    nesterov: bool = key(False, "sgd: Nesterov momentum")
+    momentum: float = key(0.9, "sgd, muon: momentum", FRACTION)
+    nesterov: bool = key(False, "sgd, muon: Nesterov momentum")
+    filter_lr: float = key(0.05, "muon: learning rate of the convolution filters' "
+                           "orthogonalised steps (the schedule scales it with lr)", POSITIVE)
     norm_bias_decay: bool = key(True, "apply weight_decay to norm-layer and bias parameters "
                                 "too; false gives them a parameter group without it")
     norm_bias_lr_scale: float = key(1.0, "learning-rate multiplier for norm-layer and bias "
@@ -81,7 +85,7 @@ class OptimizerSpec:
                       "the same update, measured 15–20 % faster training")
 
     def validate(self, path: str) -> None:
-        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+        if self.name in ("sgd", "muon") and self.nesterov and self.momentum == 0:
             raise SpecError(f"{path}.nesterov = true needs momentum > 0")
 
 
