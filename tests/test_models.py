@@ -141,3 +141,6 @@ def test_speednet_speed_run_options():
     torch.testing.assert_close(tuned(x), 0.5 * plain(x))
     with pytest.raises(CnnlabError, match="bn_momentum must be in"):
         get_model("speednet", bn_momentum=0)
+    with pytest.raises(CnnlabError, match="whiten_bias_epochs must be 0"):
+        get_model("speednet", whiten=2, whiten_bias_epochs=-1)
+

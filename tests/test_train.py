@@ -11,7 +11,7 @@ from cnnlab.errors import CnnlabError
 from cnnlab.loggers import Logger, format_epoch
 from cnnlab.models import create_model
 from cnnlab.muon import orthogonalised
-from cnnlab.parts import make_optimizer
+from cnnlab.parts import build_parts, make_optimizer
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
 from cnnlab.train import resume_recipe
@@ -146,6 +146,48 @@ def test_muon_steps_filters_orthogonally_and_resumes_exactly(tmp_path, data_dir)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     singular = torch.linalg.svdvals(orthogonalised(torch.randn(48, 24, 3, 3)).reshape(48, -1))
     assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_lookahead_restarts_from_its_slow_weights_and_resumes_exactly(tmp_path, data_dir):
+    """average lookahead: every `every` steps the slow weights move halfway (decay 0.5) to the
+    network's and the network takes them; at an epoch's end 16 steps (not a multiple of 5)
+    leave the network one step past them; resume exact."""
+    recipe = study_recipe("lenet", epochs=2, limit_train=1024, limit_test=100,
+                          batch_size=64, **{"average.name": "lookahead",
+                                            "average.decay": 0.5, "average.every": 5})
+    rows = assert_resume_is_exact(recipe, tmp_path, data_dir)
+    assert all(math.isfinite(row["train_loss"]) for row in rows)
+    model = create_model(recipe.model.name, recipe.model.args)
+    parts = build_parts(recipe, model, CPU, steps_per_epoch=16)
+    start = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 6):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        parts.after_step(epoch=1)
+        slow = list(parts.averaged.module.parameters())
+        if step < 5:
+            assert all(torch.equal(s, p0) for s, p0 in zip(slow, start, strict=True))
+    assert all(torch.allclose(s, p0 + 2.5) for s, p0 in zip(slow, start, strict=True))
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), slow, strict=True))
+
+
+def test_the_whitening_bias_is_frozen_after_its_epochs_and_resume_is_exact(tmp_path, data_dir):
+    """whiten_bias_epochs = 1: epoch 1 trains the whitening bias, epoch 2 of a resumed run
+    leaves it as it was, and the run resumed equals the run straight through."""
+    recipe = study_recipe("sprint", epochs=2, limit_train=1024, limit_test=100,
+                          batch_size=128, **{"model.args.whiten_bias_epochs": 1})
+    straight = train_recipe(recipe, tmp_path / "a", data_dir)
+    with pytest.raises(KeyboardInterrupt):
+        train_recipe(recipe, tmp_path / "b", data_dir, loggers=[StopAfterEpoch(1)])
+
+    def bias() -> torch.Tensor:
+        return torch.load(tmp_path / "b/last.pt", weights_only=True)["model"]["stem.0.bias"]
+    after_one = bias()
+    resumed = train_recipe(resume_recipe(RunFolder(tmp_path / "b"), {}), tmp_path / "b",
+                           data_dir, resume=True)
+    assert computed(resumed) == computed(straight)
+    assert after_one.abs().sum() > 0 and torch.equal(bias(), after_one)
 
 
 def test_evaluating_after_the_last_epoch_only_trains_the_same_and_resumes(tmp_path, data_dir):

@@ -119,6 +119,13 @@ SPRINT: list[Row] = path("fast", [
      {"optimizer.name": "muon", "optimizer.filter_lr": "0.05"}, False),
     ("muon-0.15", "Muon on the convolution filters at lr 0.15",
      {"optimizer.name": "muon", "optimizer.filter_lr": "0.15"}, False),
+    ("lookahead", "lookahead: every 5 steps slow weights move halfway to the network's, "
+     "which restarts from them", {"average.name": "lookahead", "average.decay": "0.5",
+                                 "average.every": "5"}, False),
+    ("whiten-bias-2ep", "the whitening bias frozen after 2 of the 5 epochs",
+     {"model.args": "{whiten=2, widths=[24, 48, 96], whiten_bias_epochs=2}"}, False),
+    ("norm-bias-lr-4", "4× the learning rate for norm layers and biases",
+     {"optimizer.norm_bias_lr_scale": "4"}, False),
 ])
 # 94 % in five minutes: `fast` itself (row 6-epochs above) with the sprint's test-time
 # translation averaging, evaluated once.

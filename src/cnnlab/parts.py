@@ -116,7 +116,9 @@ class Parts:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: lr_scheduler.LRScheduler | None
-    averaged: AveragedModel | None
+    averaged: AveragedModel | None  # the EMA, or lookahead's slow weights
+    steps_this_epoch: int = 0  # lookahead syncs every `every` steps, counted from each epoch's
+    # start, where runs resume
 
     @property
     def evaluated(self) -> nn.Module:
@@ -126,10 +128,21 @@ class Parts:
     def after_step(self, epoch: int) -> None:
         if self.scheduler is not None and self.recipe.schedule.per_step:
             self.scheduler.step()
-        if self.averaged is not None and epoch >= self.recipe.average.start_epoch:
+        average = self.recipe.average
+        if self.averaged is None or epoch < average.start_epoch:
+            return
+        self.steps_this_epoch += 1
+        if average.name == "ema":
             self.averaged.update_parameters(self.model)
+        elif self.steps_this_epoch % average.every == 0:  # lookahead: slow weights step
+            self.averaged.update_parameters(self.model)  # toward the fast ones, which
+            with torch.no_grad():  # restart from them
+                for fast, slow in zip(self.model.parameters(),
+                                      self.averaged.module.parameters(), strict=True):
+                    fast.copy_(slow)
 
     def after_epoch(self) -> None:
+        self.steps_this_epoch = 0
         if self.scheduler is not None and not self.recipe.schedule.per_step:
             self.scheduler.step()
 
@@ -168,7 +181,9 @@ def build_parts(recipe: Recipe, model: nn.Module, device: torch.device,
     optimizer = make_optimizer(model, recipe.optimizer, device)
     scheduler = make_scheduler(optimizer, recipe.schedule, recipe.epochs, steps_per_epoch)
     averaged = None
-    if recipe.average.name == "ema":
+    if recipe.average.name != "none":
         averaged = AveragedModel(model, multi_avg_fn=ema_update(recipe.average),
                                  use_buffers=True)
+    if recipe.average.name == "lookahead":
+        averaged.update_parameters(model)  # the slow weights start at the initial ones
     return Parts(recipe, model, optimizer, scheduler, averaged)

@@ -126,11 +126,16 @@ class LossSpec:
 
 @dataclass
 class AverageSpec:
-    name: str = key("none", "weight averaging: none, or ema (an exponential moving average "
-                    "of weights and BatchNorm statistics, updated every step; evaluated and "
-                    "saved in the checkpoint)", OneOf(("none", "ema")))
-    decay: float = key(0.999, "ema: weight kept per step", FRACTION)
-    start_epoch: int = key(1, "ema: first epoch whose steps update the average", AT_LEAST_ONE)
+    name: str = key("none", "weight averaging: none; ema (an exponential moving average "
+                    "of weights and BatchNorm statistics, updated every step); lookahead "
+                    "(every `every` steps slow weights move toward the network's, which then "
+                    "restarts from them). The average is evaluated and saved in the "
+                    "checkpoint", OneOf(("none", "ema", "lookahead")))
+    decay: float = key(0.999, "ema: weight kept per step; lookahead: weight the slow weights "
+                       "keep at each sync (1 − its alpha)", FRACTION)
+    every: int = key(5, "lookahead: steps between syncs", AT_LEAST_ONE)
+    start_epoch: int = key(1, "ema, lookahead: first epoch whose steps update the average",
+                           AT_LEAST_ONE)
     warmup: bool = key(False, "ema: after n updates keep min(decay, (1 + n) / (10 + n)) per "
                        "step, so that early in a run the average follows the network instead "
                        "of holding its initial weights")

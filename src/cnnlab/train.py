@@ -33,7 +33,7 @@ from cnnlab.device import as_input, autocast, check_precision, prepare_model
 from cnnlab.errors import CnnlabError, Interrupted
 from cnnlab.inference import Predictor
 from cnnlab.loggers import Logger
-from cnnlab.models import create_model, fit_to_data
+from cnnlab.models import create_model, fit_to_data, start_epoch
 from cnnlab.parts import Parts, build_parts, loss_fn
 from cnnlab.recipe import Recipe, changed_settings, from_record
 from cnnlab.runs import RunFolder
@@ -115,6 +115,7 @@ def train_one_epoch(parts: Parts, data: ImageSet, epoch: int, stop: StopRequest 
     recipe, model, optimizer = parts.recipe, parts.model, parts.optimizer
     criterion = loss_fn(recipe)
     model.train()
+    start_epoch(model, epoch)
     device = data.images.device
     seed = epoch_seed(recipe.seed, epoch)
     torch.manual_seed(seed)  # dropout, and the per-image pipeline's draws

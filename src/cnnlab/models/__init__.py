@@ -11,8 +11,10 @@ from cnnlab.models.registry import (
     is_user_code,
     list_models,
     register_model,
+    start_epoch,
     trusted_code,
 )
 
 __all__ = ["code_of", "count_macs", "count_parameters", "create_model", "fit_to_data",
-           "get_model", "is_user_code", "list_models", "register_model", "trusted_code"]
+           "get_model", "is_user_code", "list_models", "register_model", "start_epoch",
+           "trusted_code"]

@@ -170,6 +170,15 @@ def fit_to_data(model: nn.Module, images: torch.Tensor) -> None:
             fit(images)
 
 
+def start_epoch(model: nn.Module, epoch: int) -> None:
+    """Tell layers that change between epochs (those with a `start_epoch(epoch)` method, like
+    speednet's whitening stem, whose bias may be frozen after some epochs) that `epoch`
+    (counted from 1) begins; called before its first step, so a resumed run repeats it."""
+    for module in model.modules():
+        if callable(begin := getattr(module, "start_epoch", None)):
+            begin(epoch)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

@@ -48,11 +48,13 @@ class PatchWhitening(nn.Module):
     """A k×k convolution (no padding) whose filters whiten the training images' patches.
 
     The filters are a buffer: saved and loaded with the model, never trained; the bias is
-    learned. Until `fit_to_data` runs the filters are zero."""
+    learned, for the first `bias_epochs` epochs only if that is not 0 (as airbench freezes
+    it). Until `fit_to_data` runs the filters are zero."""
 
-    def __init__(self, k: int, eps: float = 5e-4) -> None:
+    def __init__(self, k: int, eps: float = 5e-4, bias_epochs: int = 0) -> None:
         super().__init__()
         self.eps = eps
+        self.bias_epochs = bias_epochs
         self.register_buffer("weight", torch.zeros(2 * k * k, 1, k, k))
         self.bias = nn.Parameter(torch.zeros(2 * k * k))
 
@@ -67,6 +69,9 @@ class PatchWhitening(nn.Module):
         filters = filters.reshape(k * k, 1, k, k).to(self.weight.dtype)
         self.weight.copy_(torch.cat([filters, -filters]))
 
+    def start_epoch(self, epoch: int) -> None:
+        self.bias.requires_grad_(not self.bias_epochs or epoch <= self.bias_epochs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias)
 
@@ -74,11 +79,13 @@ class PatchWhitening(nn.Module):
 class SpeedNet(nn.Module):
     def __init__(self, widths: Sequence[int], depth: int, stem: int, whiten: int,
                  bn_momentum: float = 0.1, bn_scale: bool = True,
-                 identity: bool = False, logit_scale: float = 1.0) -> None:
+                 identity: bool = False, logit_scale: float = 1.0,
+                 whiten_bias_epochs: int = 0) -> None:
         super().__init__()
         norm = {"bn_momentum": bn_momentum, "bn_scale": bn_scale}
         if whiten:
-            self.stem = nn.Sequential(PatchWhitening(whiten), nn.GELU())
+            self.stem = nn.Sequential(
+                PatchWhitening(whiten, bias_epochs=whiten_bias_epochs), nn.GELU())
             c_in = 2 * whiten * whiten
         else:
             self.stem = nn.Sequential(*conv_bn_gelu(1, stem, pool=False, **norm))
@@ -107,10 +114,11 @@ class SpeedNet(nn.Module):
 def speednet(widths: Sequence[int] = (32, 64, 128), depth: int = 2,
              stem: int = 24, whiten: int = 0, bn_momentum: float = 0.1,
              bn_scale: bool = True, identity: bool = False,
-             logit_scale: float = 1.0) -> SpeedNet:
+             logit_scale: float = 1.0, whiten_bias_epochs: int = 0) -> SpeedNet:
     """widths: channels of each block (1 to 4 blocks); depth: convolutions per block;
     stem: channels of the learned first convolution; whiten: k > 0 replaces it with the
-    frozen k×k patch-whitening layer (2·k² channels); bn_momentum: BatchNorm's running
+    frozen k×k patch-whitening layer (2·k² channels), whose bias is trained for the first
+    whiten_bias_epochs epochs only (0: throughout); bn_momentum: BatchNorm's running
     average momentum (torch's convention: the weight of the new batch); bn_scale: false
     freezes every BatchNorm scale at 1; identity: identity-initialised block convolutions;
     logit_scale: a fixed factor on the logits."""
@@ -123,8 +131,12 @@ def speednet(widths: Sequence[int] = (32, 64, 128), depth: int = 2,
     if int(whiten) != whiten or not 0 <= whiten <= 5:
         raise CnnlabError(f"speednet: whiten must be a patch size from 1 to 5, or 0 for a "
                           f"learned stem (got {whiten})")
+    if int(whiten_bias_epochs) != whiten_bias_epochs or whiten_bias_epochs < 0:
+        raise CnnlabError("speednet: whiten_bias_epochs must be 0 (the bias always trained) "
+                          f"or a number of epochs (got {whiten_bias_epochs})")
     if not 0 < bn_momentum <= 1 or logit_scale <= 0:
         raise CnnlabError(f"speednet: bn_momentum must be in (0, 1] and logit_scale > 0 (got "
                           f"{bn_momentum} and {logit_scale})")
     return SpeedNet([int(w) for w in widths], int(depth), int(stem), int(whiten),
-                    float(bn_momentum), bool(bn_scale), bool(identity), float(logit_scale))
+                    float(bn_momentum), bool(bn_scale), bool(identity), float(logit_scale),
+                    int(whiten_bias_epochs))
