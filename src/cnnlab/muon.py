@@ -46,7 +46,7 @@ class Muon(torch.optim.Optimizer):
                                   "weight_decay": weight_decay, "orthogonalise": False})
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - torch's signature
+    def step(self, closure: Any = None) -> None:  # torch's signature; no closure is used
         for group in self.param_groups:
             lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
