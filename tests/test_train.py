@@ -149,9 +149,8 @@ def test_muon_steps_filters_orthogonally_and_resumes_exactly(tmp_path, data_dir)
 
 
 def test_lookahead_restarts_from_its_slow_weights_and_resumes_exactly(tmp_path, data_dir):
-    """average lookahead: every `every` steps the slow weights move halfway (decay 0.5) to the
-    network's and the network takes them; at an epoch's end 16 steps (not a multiple of 5)
-    leave the network one step past them; resume exact."""
+    """average lookahead: the slow weights stay put for `every` − 1 steps, then move halfway
+    (decay 0.5) to the network's, and the network takes them; resume exact."""
     recipe = study_recipe("lenet", epochs=2, limit_train=1024, limit_test=100,
                           batch_size=64, **{"average.name": "lookahead",
                                             "average.decay": 0.5, "average.every": 5})

@@ -48,7 +48,8 @@ class Row:
                 "--threads", "1", *sets, "--out", str(OUT / f"{self.key}-seed{seed}")]
 
 
-def path(recipe: str, steps: list[tuple[str, str, dict[str, str], bool]]) -> list[Row]:
+def path(recipe: str, steps: list[tuple[str, str, dict[str, str], bool | str]]
+         ) -> list[Row]:
     """Rows that each add one change to the last kept row; a change that did not help is
     measured (kept=False) and the next row builds on the row before it."""
     rows, settings = [], {}
