@@ -49,7 +49,7 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
-    # 3 warm-up and 3 × 1 timed steps: more than sprint's 5 epochs of 1 step, which its
+    # 3 warm-up and 3 × 1 timed steps: more than sprint's 4 epochs of 1 step, which its
     # one-cycle schedule would refuse if the bench sized the schedule by --steps alone
     printed, result = bench(tmp_path, capsys, 600, "--recipes", "fast,sprint", "--steps", "1",
                             "--repeats", "3")
