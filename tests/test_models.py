@@ -143,3 +143,5 @@ def test_speednet_speed_run_options():
         get_model("speednet", bn_momentum=0)
     with pytest.raises(CnnlabError, match="whiten_bias_epochs must be 0"):
         get_model("speednet", whiten=2, whiten_bias_epochs=-1)
+    with pytest.raises(CnnlabError, match="whiten_bias_epochs needs the whitening stem"):
+        get_model("speednet", whiten_bias_epochs=2)

@@ -134,6 +134,9 @@ def speednet(widths: Sequence[int] = (32, 64, 128), depth: int = 2,
     if int(whiten_bias_epochs) != whiten_bias_epochs or whiten_bias_epochs < 0:
         raise CnnlabError("speednet: whiten_bias_epochs must be 0 (the bias always trained) "
                           f"or a number of epochs (got {whiten_bias_epochs})")
+    if whiten_bias_epochs and not whiten:
+        raise CnnlabError("speednet: whiten_bias_epochs needs the whitening stem; set whiten "
+                          "to a patch size, or leave whiten_bias_epochs at 0")
     if not 0 < bn_momentum <= 1 or logit_scale <= 0:
         raise CnnlabError(f"speednet: bn_momentum must be in (0, 1] and logit_scale > 0 (got "
                           f"{bn_momentum} and {logit_scale})")
