@@ -181,9 +181,8 @@ PATHS = {
     "95.5 % in an hour: `strong` with Muon and more epochs": (
         STRONG, "Builds on row 26-epochs of the first table, the recipe `strong` "
         "(95.30 ± 0.05 %), with the changes kept for `fast` at once and the epochs the one "
-        "evaluation saves. Seed 0 ran at one thread with other work on the other core at times "
-        "(tests, a report rebuild, a few minutes of study-style runs); seed 1 is still to "
-        "finish."),
+        "evaluation saves. Seed 0 ran alone, one thread, the other core idle; seed 1, still to "
+        "finish, trains beside tests, a report rebuild and a CI check."),
 }
 
 
