@@ -138,7 +138,7 @@ SPRINT: list[Row] = path("fast", [
     ("muon-4ep", "4 epochs instead of 5, with Muon", {"epochs": "4"}, True),
 ], FAST_BEFORE_MUON)
 # 94 % in five minutes: `fast` itself (row 6-epochs above) with the sprint's test-time
-# translation averaging, evaluated once.
+# translation averaging, evaluated once, then Muon.
 FAST: list[Row] = path("fast", [
     ("fast-shift-tta", "test-time translation averaging by 1 pixel, evaluated after the last "
      "epoch only (kept for the time it saves)",
