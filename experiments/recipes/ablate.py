@@ -178,7 +178,7 @@ PATHS = {
         "lies (validation runs 0.4–0.5 points above test for these recipes). Row fast-muon is "
         "the recipe `fast` since."),
     "95.5 % in an hour: `strong` with Muon and more epochs": (
-        STRONG, "Builds on row 26-epochs of the first table, the recipe `strong` "
+        STRONG, "Builds on row 26-epochs of the first table, the recipe `strong` before Muon "
         "(95.30 ± 0.05 %), with the changes kept for `fast` at once and the epochs the one "
         "evaluation saves. Seed 0 ran alone, one thread, the other core idle. Seed 1 ran on "
         "another CPU, an AMD EPYC with AVX2 only (matmul peak 58 GFLOP/s at two threads, "
