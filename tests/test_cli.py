@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from cnnlab.cli import main
 from cnnlab.recipe import list_builtin
-from cnnlab.runs import read_metrics
+from cnnlab.runs import command_line, read_metrics
 
 
 def run_cli(capsys, *argv):
@@ -103,6 +104,18 @@ def test_console_script_exit_status(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("cnnlab: error: unknown recipe")
+
+
+@pytest.mark.parametrize("main_module, recorded", [
+    (None, "cnnlab train sprint --out 'a b'"),  # the `cnnlab` console script
+    ("cnnlab.cli", "cnnlab train sprint --out 'a b'"),
+    ("experiments.recipes.gpu", "python -m experiments.recipes.gpu train sprint --out 'a b'"),
+])
+def test_a_run_records_the_command_that_started_it(monkeypatch, main_module, recorded):
+    spec = None if main_module is None else SimpleNamespace(name=main_module)
+    monkeypatch.setitem(sys.modules, "__main__", SimpleNamespace(__spec__=spec))
+    monkeypatch.setattr(sys, "argv", ["prog", "train", "sprint", "--out", "a b"])
+    assert command_line() == recorded
 
 
 def test_recipe_errors_name_the_file_and_key(tmp_path, capsys):

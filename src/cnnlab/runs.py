@@ -54,7 +54,12 @@ CHANCE_BAND = 1 / len(CLASSES) + 0.05
 
 
 def command_line() -> str:
-    """The command this process was started with, quoted so it can be pasted back."""
+    """The command this process was started with, quoted so it can be pasted back:
+    `cnnlab ARGS`, or `python -m MODULE ARGS` for a script that trains through cnnlab's
+    functions (experiments/)."""
+    module = getattr(sys.modules["__main__"].__spec__, "name", "")
+    if module and module.split(".")[0] != "cnnlab":
+        return "python -m " + shlex.join([module, *sys.argv[1:]])
     return "cnnlab " + shlex.join(sys.argv[1:])
 
 
