@@ -359,6 +359,18 @@ def test_report_says_whether_each_result_is_within_the_study_band(tmp_path: Path
                      "custom_nobn": "-36.90"}
 
 
+def test_runs_of_one_name_trained_otherwise_are_named(tmp_path: Path) -> None:
+    from cnnlab.report.verdicts import results_notes
+
+    fake_run(tmp_path, "fast", 0, [0.90, 0.93], [0.4, 0.3])
+    fake_run(tmp_path, "fast", 1, [0.91, 0.93], [0.4, 0.3])
+    fake_run(tmp_path, "fast", 2, [0.90, 0.92, 0.94], [0.4, 0.35, 0.3])  # a longer fast
+    notes = results_notes(load_runs(tmp_path)[0])
+    assert [n for n in notes if n.startswith("fast:")] == [
+        "fast: fast-seed2 trained with other settings than fast-seed0 (epochs), so its "
+        "figures mix two recipes; keep the runs of one version of a recipe per folder."]
+
+
 def test_a_collapsed_run_is_named(tmp_path: Path) -> None:
     from cnnlab.report.verdicts import ablation_text, results_notes
 

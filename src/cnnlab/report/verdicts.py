@@ -41,6 +41,8 @@ def results_notes(groups: dict[str, list[Run]]) -> list[str]:
                   for name in STUDY_ORDER if name not in groups]
     for recipe, runs in groups.items():
         notes += [note for r in runs for note in run_notes(r)]
+        if mixed := mixed_settings_note(recipe, runs):
+            notes.append(mixed)
         limits = {(r.recipe.limit_train, r.recipe.limit_test) for r in runs}
         for train_n, test_n in sorted(limits, key=str):
             if train_n or test_n:
@@ -48,6 +50,22 @@ def results_notes(groups: dict[str, list[Run]]) -> list[str]:
                              f"tested on {test_n or 'all'} test images, so its accuracy is not "
                              "comparable with the study's.")
     return notes
+
+
+def mixed_settings_note(name: str, runs: list[Run]) -> str | None:
+    """Runs grouped under one name but trained otherwise (a recipe changed between them):
+    their mean and spread would silently mix two recipes."""
+    first = runs[0]
+    differ = {run.path.name: sorted(set(changed_settings(run.recipe, first.recipe))
+                                    - {"seed", "limit_train", "limit_test"})
+              for run in runs[1:]}
+    differ = {folder: keys for folder, keys in differ.items() if keys}
+    if not differ:
+        return None
+    keys = sorted({k for keys in differ.values() for k in keys})
+    return (f"{name}: {', '.join(sorted(differ))} trained with other settings than "
+            f"{first.path.name} ({', '.join(keys)}), so its figures mix two recipes; "
+            "keep the runs of one version of a recipe per folder.")
 
 
 def run_notes(run: Run) -> list[str]:
