@@ -43,6 +43,10 @@ def test_presets_lists_the_study_recipes(capsys):
     (["train", "lenet", "--step-size", "0"], "schedule.step_size = 0"),
     (["train", "lenet", "--limit-train", "0"], "limit_train = 0"),
     (["train", "lenet", "--val-split", "-1"], "split.val = -1"),
+    (["train", "lenet", "--seed", "4294967296"], "seed = 4294967296: must be [0, 4294967295]"),
+    (["train", "lenet", "--set", "augment=[{ name = [1] }]"], "augment[0]: unknown transform [1]"),
+    (["train", "lenet", "--epochs", "2", "--set", "average.name=ema", "--set",
+      "average.start_epoch=3"], "average.start_epoch = 3 is after the last epoch (2)"),
     (["train", "lenet", "--set", "optimizer.lrr=1"],
      "optimizer.lrr: unknown key; valid keys in optimizer: name, lr,"),
     (["train", "lenet", "--set", "schedule.name=cosin"], "schedule.name = 'cosin': must be "
@@ -62,6 +66,7 @@ def test_presets_lists_the_study_recipes(capsys):
     (["recipe", "show", "nope"], "unknown recipe 'nope'"),
     (["train", "--resume", "/nonexistent"], "not a cnnlab run folder"),
     (["evaluate", "/nonexistent/last.pt"], "no such checkpoint"),
+    (["evaluate", "/nonexistent/last.pt", "--limit-test", "0"], "--limit-test must be >= 1"),
     (["frobnicate"], "invalid choice"),
     (["train", "lenet", "--threads", "0"], "--threads"),
     (["bench", "--models", "vgg"], "unknown model vgg"),
@@ -93,6 +98,9 @@ def test_train_evaluate_and_refuse_to_overwrite(tmp_path, capsys, data_dir):
     before = (run / "last.pt").read_bytes()
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and "--overwrite" in err
+    assert (run / "last.pt").read_bytes() == before
+    code, _, err = run_cli(capsys, *args, "--overwrite", "--device", "nope")  # refused first
+    assert code == 2 and "unknown device 'nope'" in err
     assert (run / "last.pt").read_bytes() == before
 
     code, _, err = run_cli(capsys, "train", "--resume", str(run), "--lr", "0.1")

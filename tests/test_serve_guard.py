@@ -109,6 +109,9 @@ def test_loopback_stays_open_and_a_given_token_is_not_printed(
     assert err == (f"serving {synthetic_run} on http://127.0.0.1:8123/ (API docs at /docs); "
                    "Ctrl-C stops\n")
     started.clear()
+    err = serve_cli(capsys, synthetic_run, synthetic_dir, "--host", "::1")  # bracketed
+    assert started["args"][6] is None and " on http://[::1]:8123/ " in err
+    started.clear()
     monkeypatch.setenv(TOKEN_ENV, "secret-from-env")
     err = serve_cli(capsys, synthetic_run, synthetic_dir, "--host", "10.1.2.3")
     assert started["args"][6] == "secret-from-env" and "secret-from-env" not in err

@@ -37,6 +37,12 @@ def test_an_empty_range_is_an_error_not_nothing() -> None:
         parse_int_list("0,3..1")
 
 
+def test_a_runaway_range_is_refused_before_it_is_built() -> None:
+    assert len(parse_int_list("0..9999")) == 10_000  # every test image
+    with pytest.raises(CnnlabError, match=r"the range 0\.\.1000000000 holds more than 10,000"):
+        parse_int_list("0..1000000000")
+
+
 def test_a_grid_s_ranges_keep_their_order() -> None:
     assert parse_grid("seed=5..6,0..1 optimizer.lr=0.1,0.01") == {
         "seed": [5, 6, 0, 1], "optimizer.lr": [0.1, 0.01]}

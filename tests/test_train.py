@@ -1,6 +1,7 @@
 import json
 import math
 import platform
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cnnlab.muon import orthogonalised
 from cnnlab.parts import build_parts, make_optimizer
 from cnnlab.recipe import builtin, list_builtin
 from cnnlab.runs import METRICS_HEADER, RunFolder, read_metrics
-from cnnlab.train import resume_recipe
+from cnnlab.train import resumable_epochs, resume_recipe
 from conftest import CPU, computed, study_recipe, train_recipe
 
 GOLDEN = Path(__file__).parent / "golden" / "study-presets.json"
@@ -303,6 +304,9 @@ def test_resume_refuses_disagreeing_options(tmp_path, data_dir):
     with pytest.raises(CnnlabError, match=r"name \(saved 'lenet', given 'alexnet'\)"):
         resume_recipe(run, {"name": "alexnet"})
     assert resume_recipe(run, {"optimizer.lr": 0.005}).limit_train == 128
+    assert resumable_epochs(run, recipe) == 1
+    with pytest.raises(CnnlabError, match=r"limit_train \(saved 128, given None\)"):
+        resumable_epochs(run, replace(recipe, limit_train=None))
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
@@ -511,3 +515,17 @@ def test_an_ema_with_warmup_follows_the_network_early_and_keeps_its_decay_later(
     assert averaged_after(300, warmup=True) == pytest.approx(expected, rel=1e-5)
     assert averaged_after(2, warmup=True) == pytest.approx(1 - 2 / 11)
     assert averaged_after(2, warmup=False) == pytest.approx(0.01)
+
+
+def test_a_run_without_checkpoint_is_not_offered_resume(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # what a run stopped in epoch 1 leaves
+    (tmp_path / "tensorboard").mkdir()
+    with pytest.raises(CnnlabError, match="no checkpoint to continue from; replace it with "
+                                          "--overwrite") as refused:
+        RunFolder(tmp_path).claim(overwrite=False)
+    assert "--resume" not in str(refused.value)
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(CnnlabError, match="continue it with --resume, or replace it"):
+        RunFolder(tmp_path).claim(overwrite=False)
+    RunFolder(tmp_path).claim(overwrite=True)
+    assert list(tmp_path.iterdir()) == []

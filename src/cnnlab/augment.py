@@ -188,7 +188,8 @@ def parse_transforms(value: Any, path: str) -> list[Any]:
     transforms = []
     for i, item in enumerate(value):
         where = f"{path}[{i}]"
-        if not isinstance(item, dict) or item.get("name") not in TRANSFORMS:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                or item["name"] not in TRANSFORMS:
             name = item.get("name") if isinstance(item, dict) else item
             raise SpecError(f"{where}: unknown transform {name!r}; choose from: "
                             f"{', '.join(TRANSFORMS)}")

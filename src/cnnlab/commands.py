@@ -14,7 +14,7 @@ from cnnlab import recipe as recipes
 from cnnlab.checkpoint import load_checkpoint, save_model
 from cnnlab.cli_common import dest, format_table, named_recipe, print_results
 from cnnlab.data import CLASSES, SHA256, download, ensure_data, load_split, resolve_data_dir, verify
-from cnnlab.device import resolve_device
+from cnnlab.device import check_precision, resolve_device
 from cnnlab.errors import CnnlabError
 from cnnlab.files import atomic_write_text
 from cnnlab.inference import Predictor, format_json, format_text, load_image
@@ -128,10 +128,12 @@ def cmd_train(args: argparse.Namespace) -> None:
                             origin=args.recipe_file or f"recipe {recipe.name}")
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = RunFolder(args.out or Path("runs") / f"{recipe.name}-{stamp}")
-        run.claim(args.overwrite)
     device = resolve_device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     ensure_data(data_dir)
+    if not args.resume:  # only now, so that a refused command leaves an old run whole
+        check_precision(recipe.precision, device)
+        run.claim(args.overwrite)
     metrics = start_or_resume(recipe, run, data_dir, device, resume=bool(args.resume),
                               loggers=make_loggers(args, recipe), progress_bar=not args.quiet,
                               model_code=code)
@@ -144,6 +146,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.batch_size is not None and args.batch_size < 1:
         raise CnnlabError(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if args.limit_test is not None and args.limit_test < 1:
+        raise CnnlabError(f"--limit-test must be >= 1 (got {args.limit_test})")
     predictor = Predictor.load(Path(args.checkpoint), resolve_device(args.device),
                                args.model_code)
     test_set = load_split(resolve_data_dir(args.data_dir), "test").head(args.limit_test)
@@ -212,7 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
               f"port {args.port} may use the API", file=sys.stderr)
     data_dir = resolve_data_dir(args.data_dir)
     samples = None if missing_files(data_dir) else load_split(data_dir, "test")
-    url = f"http://{args.host}:{args.port}/"
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address
+    url = f"http://{host}:{args.port}/"
     where = f"{url}?token={token}" if generated else url
     needs = ("" if token is None or generated
              else "; the API needs your token (open the page at /?token=TOKEN)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from cnnlab.errors import CnnlabError
-from cnnlab.runs import RunFolder
+from cnnlab.runs import TENSORBOARD_DIR, RunFolder
 
 EPOCH_SCALARS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                  "lr", "train_img_per_s")
@@ -72,7 +72,7 @@ class TensorBoardLogger(Logger):
         self.writer: Any = None
 
     def start(self, run: RunFolder, step: int) -> None:
-        self.writer = self._writer_class(str(run.path / "tensorboard"),
+        self.writer = self._writer_class(str(run.path / TENSORBOARD_DIR),
                                          purge_step=step or None)
 
     def log_step(self, step: int, values: dict[str, float]) -> None:

@@ -42,6 +42,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+# Each epoch reseeds from (seed << 20) + epoch (train.epoch_seed), which torch needs below
+# 2**64; seeds stop at numpy's bound.
+MAX_SEED = 2**32 - 1
 STUDY_ORDER = ("lenet", "alexnet", "custom", "custom_nobn", "custom_nobn_lr1e-3")
 PER_STEP_SCHEDULES = ("cosine", "onecycle", "linear")
 
@@ -179,7 +182,7 @@ class Recipe:
     precision: str = key("fp32", "fp32, or bf16 autocast (CUDA, or a CPU with AMX-bf16)",
                          OneOf(("fp32", "bf16")), flag="--precision")
     seed: int = key(0, "initialisation, data order, augmentation and dropout derive from "
-                    "(seed, epoch)", NON_NEGATIVE, flag="--seed")
+                    "(seed, epoch)", Range(0, MAX_SEED), flag="--seed")
     pipeline: str = key("batched", "batched: the whole batch augmented at once, cnnlab's "
                         "data order; per_image: the study's own way, one image at a time "
                         "(torchvision's transforms) through a shuffling DataLoader; slower, "
@@ -203,6 +206,11 @@ class Recipe:
     study: StudySpec = key(StudySpec(), "")
 
     def validate(self, path: str) -> None:
+        if self.average.name != "none" and self.average.start_epoch > self.epochs:
+            raise CnnlabError(f"average.start_epoch = {self.average.start_epoch} is after the "
+                              f"last epoch ({self.epochs}): the {self.average.name} average "
+                              "would never be updated, and the run would save its untrained "
+                              "weights; lower it or raise epochs")
         if self.pipeline == "per_image" and [to_dict(t) for t in self.augment] not in (
                 [], STUDY_AUGMENT):
             raise CnnlabError("pipeline per_image performs the study's augmentation (rotate "

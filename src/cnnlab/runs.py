@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ OPTIONAL_COLUMNS = ("val_loss", "val_acc")
 EVALUATION_COLUMNS = ("test_loss", "test_acc", *OPTIONAL_COLUMNS)
 RUN_FILES = ("last.pt", "model.pt", "metrics.csv", "predictions.csv", "config.json",
              "loss.png", "accuracy.png")
+TENSORBOARD_DIR = "tensorboard"  # `--log tensorboard`'s event files, replaced with the run
 # The matrix side of the matmul peak a run measures as it starts: 2·1024³ FLOP a repeat,
 # a fraction of a second, against `cnnlab bench`'s 2048.
 RUN_PEAK_N = 1024
@@ -173,12 +175,18 @@ class RunFolder:
         """Refuse to start over an existing run unless `overwrite` says so."""
         if self.path.exists() and not self.path.is_dir():
             raise CnnlabError(f"--out {self.path} is a file; choose a folder")
-        existing = [name for name in RUN_FILES if (self.path / name).exists()]
+        existing = [name for name in (*RUN_FILES, TENSORBOARD_DIR)
+                    if (self.path / name).exists()]
         if existing and not overwrite:
+            resume = ("continue it with --resume, or " if self.checkpoint.is_file()
+                      else "it has no checkpoint to continue from; ")
             raise CnnlabError(f"{self.path} already holds a run ({', '.join(existing)}); "
-                              "continue it with --resume, or replace it with --overwrite")
+                              f"{resume}replace it with --overwrite")
         for name in existing:
-            (self.path / name).unlink()
+            if name == TENSORBOARD_DIR:
+                shutil.rmtree(self.path / name)
+            else:
+                (self.path / name).unlink()
 
     def start(self, recipe: Recipe, device: torch.device, model_code: str | None) -> None:
         """Create the folder with config.json and an empty metrics.csv."""

@@ -35,11 +35,16 @@ class Range:
 
     def __str__(self) -> str:
         if self.high is None:
-            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+            return f"{'>' if self.low_open else '≥'} {_number(self.low)}"
         if self.low is None:
-            return f"{'<' if self.high_open else '≤'} {self.high:g}"
-        return (f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            return f"{'<' if self.high_open else '≤'} {_number(self.high)}"
+        return (f"{'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
                 f"{')' if self.high_open else ']'}")
+
+
+def _number(value: float) -> str:
+    """An int whole (a seed's bound), a float short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 @dataclass(frozen=True)

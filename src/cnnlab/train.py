@@ -291,22 +291,28 @@ def checkpoint_note(run: RunFolder, epochs_done: int, resume_hint: bool = True) 
 def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
     """The saved run's recipe; settings given again must agree with it (says which not)."""
     saved = from_record(run.info(require_checkpoint=True), str(run.config_path))
-    asked = saved.with_overrides(overrides, "given")
-    differ = [f"{k} (saved {before!r}, given {after!r})"
-              for k, (before, after) in changed_settings(asked, saved).items()]
-    if differ:
-        raise CnnlabError(f"cannot resume {run.path}: options disagree with the saved run: "
-                          f"{'; '.join(differ)}; drop them or start a new run with --out")
+    _refuse_other_settings(run, saved.with_overrides(overrides, "given"), saved)
     return saved
 
 
 def resumable_epochs(run: RunFolder, recipe: Recipe) -> int:
     """How many epochs of `recipe` the run folder already holds (0 without a checkpoint);
-    a folder holding other settings is refused, naming them."""
+    a folder holding other settings is refused, naming them. The whole recipe is compared,
+    unset run options included: epochs trained on `limit_train` images must not be continued
+    on all of them."""
     done = run.epochs_done()
     if done:
-        resume_recipe(run, recipe.to_dict())
+        saved = from_record(run.info(require_checkpoint=True), str(run.config_path))
+        _refuse_other_settings(run, recipe, saved)
     return done
+
+
+def _refuse_other_settings(run: RunFolder, asked: Recipe, saved: Recipe) -> None:
+    differ = [f"{k} (saved {before!r}, given {after!r})"
+              for k, (before, after) in changed_settings(asked, saved).items()]
+    if differ:
+        raise CnnlabError(f"cannot resume {run.path}: options disagree with the saved run: "
+                          f"{'; '.join(differ)}; drop them or start a new run with --out")
 
 
 def start_or_resume(recipe: Recipe, run: RunFolder, data_dir: Path, device: torch.device, *,

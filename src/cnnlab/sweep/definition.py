@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 OBJECTIVES = {"val_acc": "maximize", "val_loss": "minimize"}
 PRUNERS = ("none", "median", "hyperband")
+# The longest range a list may name: all 10,000 test images, never a runaway `0..10**9`.
+MAX_INTEGERS = 10_000
 
 
 def parse_int_list(text: str) -> list[int]:
@@ -34,6 +36,9 @@ def parse_int_list(text: str) -> list[int]:
         if first > last:
             raise CnnlabError(f"{text!r} has the empty range {piece} (a range is LOW..HIGH "
                               "with LOW <= HIGH)")
+        if last - first >= MAX_INTEGERS:
+            raise CnnlabError(f"{text!r}: the range {piece} holds more than {MAX_INTEGERS:,} "
+                              "integers; name fewer")
         numbers.update(range(first, last + 1))
     return sorted(numbers)
 
