@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cnnlab.cli import main
-from conftest import write_dataset
+from conftest import one_line_error, write_dataset
 
 
 def bench(tmp_path, capsys, n_train: int, *args: str) -> tuple[str, dict]:
@@ -67,5 +67,10 @@ def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_train=300, n_test=10)
     assert main(["bench", "--recipes", "fastest", "--data-dir", str(data)]) == 2
     assert "unknown recipe fastest" in capsys.readouterr().err
-    assert main(["bench", "--recipes", "fast", "--steps", "2", "--data-dir", str(data)]) == 2
-    assert "need 512 training images; lower --steps" in capsys.readouterr().err
+    # refused before lenet is measured: one line, no "benchmarking" before it
+    assert "2 steps of recipe fast's batch 256 need 512 training images; the data has 300" in (
+        one_line_error(capsys, ["bench", "--models", "lenet", "--recipes", "fast", "--steps",
+                                "2", "--data-dir", str(data)]))
+    assert "cannot create the folder of --json" in one_line_error(
+        capsys, ["bench", "--models", "lenet", "--steps", "1", "--data-dir", str(data),
+                 "--json", str(next(data.glob("*.gz")) / "bench.json")])

@@ -267,6 +267,12 @@ def test_export_writes_model_pt_from_last_pt(synthetic_run: Path, tmp_path: Path
                        load_checkpoint(synthetic_run / "model.pt")["model"]["head.weight"])
     assert "the checkpoint being read" in one_line_error(
         capsys, ["export", str(run), "--out", str(run / "last.pt")])
+    for out in ("m.pt", "m.onnx"):
+        assert "cannot create the folder of --out" in one_line_error(
+            capsys, ["export", str(run), "--out", str(run / "config.json" / out)])
+    (run / "folder.pt").mkdir()
+    assert "Is a directory; choose another path" in one_line_error(
+        capsys, ["export", str(run), "--out", str(run / "folder.pt")])
 
 
 def test_model_pt_holds_the_weight_average_when_the_recipe_keeps_one(tmp_path: Path) -> None:

@@ -187,6 +187,15 @@ def test_checkpoint_of_another_architecture_and_truncated(tmp_path, data_dir):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     with pytest.raises(CnnlabError, match="not a cnnlab checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
+    (tmp_path / "picture.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(CnnlabError, match="not a PyTorch checkpoint file"):
+        load_checkpoint(tmp_path / "picture.pt")
+    state = load_checkpoint(tmp_path)
+    for key, damage in [("model", None), ("model", {"w": "text"}), ("epoch", "1"),
+                        ("metrics", None)]:
+        torch.save({**state, key: damage}, tmp_path / "damaged.pt")
+        with pytest.raises(CnnlabError, match=f"damaged cnnlab checkpoint \\(its '{key}'"):
+            Predictor.load(tmp_path / "damaged.pt")
 
 
 VALID_IDX = idx_bytes(torch.randint(0, 256, (2, 28, 28)).numpy())

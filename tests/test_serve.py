@@ -164,6 +164,10 @@ def test_bad_query_and_unknown_sample(client, test_set):
         response = client.post(f"{path}?top=11", content=image,
                                headers={"content-type": "image/png"})
         assert response.status_code == 422 and "top must be between 1 and 10" in response.text
+        response = client.post(f"{path}?top=abc", content=image,
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 422
+        assert response.json()["error"].startswith("top: Input should be a valid integer")
     assert client.get("/v1/samples/999").status_code == 404
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -82,7 +83,12 @@ def started(monkeypatch) -> dict:
     import cnnlab.serve
 
     seen: dict = {}
-    monkeypatch.setattr(cnnlab.serve, "serve", lambda *args: seen.setdefault("args", args))
+
+    def fake_serve(*args, announce):
+        seen["args"] = args
+        announce()
+
+    monkeypatch.setattr(cnnlab.serve, "serve", fake_serve)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     return seen
 
@@ -129,11 +135,32 @@ def test_no_auth_warns_and_limits_are_checked(capsys, started, synthetic_run, sy
         capsys, ["serve", str(synthetic_run), "--limit", "speed=3"])
     assert "must be a positive whole number" in one_line_error(
         capsys, ["serve", str(synthetic_run), "--limit", "queue=1.5"])
-    for bad in ("nan", "inf", "0", "-1", "x"):
-        assert "must be a positive number" in one_line_error(
+    for bad in ("nan", "inf", "0", "-1", "x", "1e10"):
+        assert "must be a positive number up to 2147483647" in one_line_error(
             capsys, ["serve", str(synthetic_run), "--limit", f"body_seconds={bad}"])
+    assert "must be a positive whole number up to" in one_line_error(
+        capsys, ["serve", str(synthetic_run), "--limit", "backlog=99999999999999"])
     assert "contradict" in one_line_error(
         capsys, ["serve", str(synthetic_run), "--no-auth", "--token", "x"])
+
+
+def test_serve_refuses_what_it_cannot_honour_before_announcing(capsys, synthetic_run):
+    """A busy port, a runtime or device the model cannot use, torch threads set apart from
+    the inference threads: one line each, and no "serving" line before it."""
+    from conftest import one_line_error
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert f"cannot listen on 127.0.0.1 port {port}: Address already in use" in (
+            one_line_error(capsys, ["serve", str(synthetic_run), "--port", port]))
+    assert "runs in onnxruntime only" in one_line_error(
+        capsys, ["serve", "model.onnx", "--runtime", "torch"])
+    assert "serve runs on the CPU" in one_line_error(
+        capsys, ["serve", str(synthetic_run), "--device", "cuda"])
+    assert "--limit threads=N" in one_line_error(  # (the CLI sets them before it refuses)
+        capsys, ["serve", str(synthetic_run), "--threads", str(torch.get_num_threads())])
 
 
 def test_a_batch_is_bounded_in_total_decoded_pixels(predictor):

@@ -176,9 +176,6 @@ def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,
     """Training images/s of a recipe's own loop, and evaluation images/s with its test-time
     views: what a run of it spends its time on."""
     recipe = builtin(name)
-    if steps * recipe.batch_size > len(train_set):
-        raise CnnlabError(f"{steps} steps of recipe {name}'s batch {recipe.batch_size} need "
-                          f"{steps * recipe.batch_size} training images; lower --steps")
     torch.manual_seed(0)
     model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
                           recipe.model.memory_format)
@@ -204,9 +201,14 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
               log: Callable[[str], None] = print,
               recipes: tuple[str, ...] = ()) -> dict[str, Any]:
     train_set = load_split(data_dir, "train").to(device)
-    if steps * BATCH > len(train_set):
-        raise CnnlabError(f"{steps} steps of {BATCH} need {steps * BATCH} training images; "
-                          f"the data has {len(train_set)}: lower --steps")
+    # Every batch is checked before anything is measured, not after minutes of it.
+    batches = ([(f"{BATCH}", BATCH)] if models else []) + [
+        (f"recipe {name}'s batch {builtin(name).batch_size}", builtin(name).batch_size)
+        for name in recipes]
+    for what, batch in batches:
+        if steps * batch > len(train_set):
+            raise CnnlabError(f"{steps} steps of {what} need {steps * batch} training "
+                              f"images; the data has {len(train_set)}: lower --steps")
     test_set = load_split(data_dir, "test").head(eval_images).to(device)
     peak = matmul_peak_gflops() if device.type == "cpu" else None
     result: dict[str, Any] = {

@@ -4,6 +4,7 @@ resume needs; its model.pt only the weights it reports, in the same format."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,37 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CnnlabError(f"{path}: no such checkpoint; give a run folder or a .pt file")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle; the error says more
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # torch's words for a pickled class or function (a foreign file: unsupported operand)
+        if any(word in str(e).lower() for word in ("unsupported global", "allowlisted")):
             reason = "it holds Python objects, not just tensors; refusing to run its code"
         else:
             reason = "not a PyTorch checkpoint file, or a truncated or damaged one"
         raise CnnlabError(f"{path} is not a loadable cnnlab checkpoint: {reason}") from e
     if not isinstance(state, dict) or state.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise CnnlabError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker)")
+    _refuse_damaged(path, state)
     state.setdefault("averaged", None)
     return state
+
+
+def _refuse_damaged(path: Path, state: dict[str, Any]) -> None:
+    """A checkpoint with the marker but without what every reader takes from it (edited, or
+    written by something else) is refused here rather than failing deep inside a command."""
+    model = state.get("model")
+    checks = (
+        (isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()),
+         "its 'model' is not a table of tensors"),
+        (isinstance(state.get("epoch"), int), "its 'epoch' is not a whole number"),
+        (isinstance(state.get("metrics"), list), "its 'metrics' is not a list"),
+    )
+    for ok, wrong in checks:
+        if not ok:
+            raise CnnlabError(f"{path} is a damaged cnnlab checkpoint ({wrong}); "
+                              "use another checkpoint of the run or train it again")
 
 
 def save_model(path: Path, state: dict[str, Any]) -> None:

@@ -206,8 +206,9 @@ def add_report(sub: Commands, parents: Parents) -> None:
 def add_predict(sub: Commands, parents: Parents) -> None:
     p = sub.add_parser("predict", help="classify your own PNG or JPEG pictures",
                        parents=[parents.common, parents.user_code])
-    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR|FILE",
-                   help="a run folder (its last.pt, else model.pt) or a .pt file")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR|CHECKPOINT|MODEL.onnx",
+                   help="a run folder (its last.pt, else model.pt), a .pt file, or an "
+                   "exported .onnx model (run by onnxruntime)")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--no-invert", action="store_true",
                    help="keep a light background as it is (default: invert it, as "

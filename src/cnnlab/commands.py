@@ -16,7 +16,7 @@ from cnnlab.cli_common import dest, format_table, named_recipe, print_results
 from cnnlab.data import CLASSES, SHA256, download, ensure_data, load_split, resolve_data_dir, verify
 from cnnlab.device import check_precision, resolve_device
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write_text
+from cnnlab.files import atomic_write_text, make_folder
 from cnnlab.inference import Predictor, format_json, format_text, load_image
 from cnnlab.loggers import ConsoleLogger, Logger, TensorBoardLogger
 from cnnlab.models import (
@@ -159,15 +159,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from cnnlab.export import export_onnx
+    from cnnlab.export import export_onnx, refuse_onnx_source
 
     out = Path(args.out)
     if out.suffix == ".pt":
+        refuse_onnx_source(Path(args.source))
         export_model_pt(Path(args.source), out)
         return
-    if args.opset < 18:
-        raise CnnlabError(f"--opset must be >= 18, the oldest torch's exporter writes "
-                          f"(got {args.opset})")
     metadata = export_onnx(Path(args.source), out, args.opset, args.model_code)
     accuracy = metadata["test_accuracy"]
     note = f", test accuracy {100 * float(accuracy):.2f}% when saved" if accuracy else ""
@@ -182,7 +180,7 @@ def export_model_pt(source: Path, out: Path) -> None:
     if out.resolve() == read.resolve():
         raise CnnlabError(f"--out {out} is the checkpoint being read; choose another file")
     state = load_checkpoint(source)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent, "the folder of --out")
     save_model(out, state)
     print(f"wrote {out} (the reported weights of epoch {state['epoch']}, no optimizer state; "
           "`cnnlab predict`, `evaluate`, `explain` and `serve` load it)")
@@ -209,6 +207,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise CnnlabError(f"--host {args.host!r} is not an IP address or localhost") from None
     if not 0 < args.port < 65536:
         raise CnnlabError(f"--port must be between 1 and 65535 (got {args.port})")
+    if args.device not in ("auto", "cpu"):
+        raise CnnlabError("cnnlab serve runs on the CPU; drop --device")
+    if args.threads is not None:
+        raise CnnlabError("cnnlab serve sets its inference threads with --limit threads=N "
+                          "(one torch thread each); drop --threads")
     limits = Limits().with_overrides(args.limit)
     token, generated = choose_token(args.token, args.no_auth, loopback)
     if token is None and not loopback:
@@ -221,10 +224,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     where = f"{url}?token={token}" if generated else url
     needs = ("" if token is None or generated
              else "; the API needs your token (open the page at /?token=TOKEN)")
-    print(f"serving {args.source} on {where} (API docs at /docs){needs}; Ctrl-C stops",
-          file=sys.stderr, flush=True)
     serve(Path(args.source), args.host, args.port, samples, args.model_code, args.runtime,
-          token, limits)
+          token, limits, announce=lambda: print(
+              f"serving {args.source} on {where} (API docs at /docs){needs}; Ctrl-C stops",
+              file=sys.stderr, flush=True))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -274,10 +277,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     explanations = explain_pictures(predictor, pictures, args.top, names=names,
                                     invert=not args.no_invert)
     print(format_text([e.prediction for e in explanations]))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CnnlabError(f"cannot create --out {out}: {e.strerror}") from e
+    make_folder(out, "--out")
     for stem, explained in zip(stems, explanations, strict=True):
         seen, (best, probability) = explained.prediction.input, explained.prediction.top[0]
         title = f"{explained.prediction.image}: {best} {100 * probability:.1f}%"
@@ -353,6 +353,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     models = parse_list(args.models, list_models(), "model") if args.models else default_models
     if args.steps < 1 or args.repeats < 1:
         raise CnnlabError("--steps and --repeats must be >= 1")
+    if args.json:  # checked before the minutes of measuring, not after
+        make_folder(Path(args.json).parent, "the folder of --json")
+        if Path(args.json).is_dir():
+            raise CnnlabError(f"--json {args.json} is a folder; name a file")
     result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
                        args.steps, args.repeats,
                        log=lambda line: print(line, file=sys.stderr, flush=True),

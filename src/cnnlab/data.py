@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import make_folder
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -163,10 +164,7 @@ def download(data_dir: Path, mirror: str | None = None) -> list[str]:
     looks like data.
     """
     mirror = mirror or os.environ.get("CNNLAB_MIRROR") or MIRROR
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CnnlabError(f"cannot create data folder {data_dir}: {e.strerror}") from e
+    make_folder(data_dir, "data folder")
     fetched = []
     for name in missing_files(data_dir):
         url = f"{mirror.rstrip('/')}/{name}.gz"

@@ -24,27 +24,30 @@ from cnnlab import __version__
 from cnnlab.augment import eval_batch, eval_views
 from cnnlab.data import CLASSES, IMAGE_SIZE
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write
+from cnnlab.files import atomic_write, make_folder
 from cnnlab.inference import Predictor, require_onnx_package
 from cnnlab.models.registry import plain_path
 from cnnlab.recipe import EvaluateSpec
 
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 18  # also the oldest torch's exporter writes
 
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs a warning for every torchvision operator it cannot register
-    (torchvision is not used) and warns about internals; neither concerns the user."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    (torchvision is not used), onnxscript notes which converter lifts a graph past opset 25,
+    and both warn about internals; none of it concerns the user."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 class ImagesToLogits(nn.Module):
@@ -65,9 +68,16 @@ def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
                 model_code: str | None = None) -> dict[str, str]:
     """Write `source`'s model (a run folder or checkpoint) to `out`; return its metadata."""
     if out.suffix != ".onnx":
-        raise CnnlabError(f"--out {out}: name the file *.onnx")
-    for package in ("onnx", "onnxscript"):
-        require_onnx_package(package)
+        raise CnnlabError(f"--out {out}: name the file *.onnx (or *.pt for the weights)")
+    refuse_onnx_source(source)
+    onnx = require_onnx_package("onnx")
+    require_onnx_package("onnxscript")
+    newest = onnx.defs.onnx_opset_version()
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise CnnlabError(f"--opset must be between {DEFAULT_OPSET}, the oldest torch's "
+                          f"exporter writes, and {newest}, the newest the installed onnx "
+                          f"knows (got {opset})")
+    make_folder(out.parent, "the folder of --out")
     predictor = Predictor.load(source, torch.device("cpu"), model_code)
     model = predictor.model.to(memory_format=torch.contiguous_format).eval()
     graph = ImagesToLogits(model, predictor.views)
@@ -91,6 +101,12 @@ def export_onnx(source: Path, out: Path, opset: int = DEFAULT_OPSET,
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(proto.SerializeToString()))
     return metadata
+
+
+def refuse_onnx_source(source: Path) -> None:
+    """Export reads trained weights; an exported .onnx model holds none it can re-export."""
+    if Path(source).suffix == ".onnx":
+        raise CnnlabError(f"{source} is already an ONNX model; export from its run folder "
+                          "or .pt checkpoint")

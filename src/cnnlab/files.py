@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -32,8 +33,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise CnnlabError(f"cannot write {path}: {e.strerror}; "
-                          "free some disk space or choose another folder") from e
+        advice = ("free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                  else "choose another path")
+        raise CnnlabError(f"cannot write {path}: {e.strerror}; {advice}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -41,3 +43,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def make_folder(path: Path, what: str) -> None:
+    """Create the folder `path` (the `what` a message names) and its parents, or say in one
+    line why not: a parent that is a file, no permission."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnlabError(f"cannot create {what} {path} ({e.filename}: {e.strerror}); "
+                          "choose another folder") from e

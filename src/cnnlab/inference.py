@@ -226,9 +226,12 @@ class OnnxPredictor(Predictor):
             recipe = parse_recipe(json.loads(meta["recipe"]), str(source))
             accuracy = float(meta["test_accuracy"]) if meta.get("test_accuracy") else None
             epoch = int(meta["epoch"])
-        except (KeyError, ValueError) as e:
+        except KeyError as e:
             raise CnnlabError(f"{source} is an ONNX model but not one cnnlab exported "
                               f"(no {e} in its metadata); export it with `cnnlab export`") from e
+        except ValueError as e:
+            raise CnnlabError(f"{source}: its cnnlab metadata is damaged ({e}); export it "
+                              "again with `cnnlab export`") from e
         super().__init__(None, recipe.evaluate, recipe, epoch, accuracy)
         self.session = session
 

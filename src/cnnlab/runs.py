@@ -35,7 +35,7 @@ from cnnlab import __version__
 from cnnlab.data import CLASSES
 from cnnlab.device import machine_name, matmul_peak_gflops
 from cnnlab.errors import CnnlabError
-from cnnlab.files import atomic_write_text
+from cnnlab.files import atomic_write_text, make_folder
 from cnnlab.recipe import STUDY_ORDER, Recipe, from_record
 
 METRICS_HEADER = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
@@ -190,10 +190,7 @@ class RunFolder:
 
     def start(self, recipe: Recipe, device: torch.device, model_code: str | None) -> None:
         """Create the folder with config.json and an empty metrics.csv."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CnnlabError(f"cannot create run folder {self.path}: {e.strerror}") from e
+        make_folder(self.path, "run folder")
         info = {
             "recipe": recipe.to_dict(),
             "model_code": model_code,

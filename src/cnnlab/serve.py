@@ -9,15 +9,19 @@ serve_guard.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import socket
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from PIL import Image
 
@@ -71,6 +75,13 @@ def create_app(predictor: Predictor, samples: ImageSet | None = None,
         # A client too slow to send its body may still be sending: close, do not read on.
         headers = {"Connection": "close"} if e.status == 408 else None
         return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, e: RequestValidationError) -> JSONResponse:
+        # A malformed query value (?top=abc): the API's own error shape, not FastAPI's.
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or "request"
+        return JSONResponse({"error": f"{where}: {first['msg']}"}, status_code=422)
 
     if token is not None:
         app.add_middleware(RequireToken, token=token)
@@ -285,17 +296,23 @@ def choose_runtime(asked: str) -> str:
 
 def serve(source: Path, host: str, port: int, samples: ImageSet | None,
           model_code: str | None = None, runtime: str = "auto", token: str | None = None,
-          limits: Limits | None = None) -> None:
+          limits: Limits | None = None, announce: Callable[[], None] = lambda: None) -> None:
     """Serve a run folder or checkpoint with the chosen runtime (onnxruntime: exported to
     a temporary ONNX file first), or an .onnx model with onnxruntime; with a `token`, the
     API needs it; within `limits`. Grad-CAM needs the PyTorch model: a run folder or
-    checkpoint keeps one for /v1/explain whatever the runtime; an .onnx model has none."""
+    checkpoint keeps one for /v1/explain whatever the runtime; an .onnx model has none.
+    The port is taken before the model loads, and `announce` is called once both are
+    ready, so that neither a busy port nor a bad model is preceded by a "serving" line."""
     import tempfile
 
     import uvicorn
 
-    torch.set_num_threads(1)  # one per request thread; as many threads as cores
-    with tempfile.TemporaryDirectory() as tmp:
+    if source.suffix == ".onnx" and runtime == "torch":
+        raise CnnlabError(f"{source} is an ONNX model, which runs in onnxruntime only; drop "
+                          "--runtime torch, or serve its run folder")
+    limits = limits or Limits()
+    with listening_socket(host, port) as sock, tempfile.TemporaryDirectory() as tmp:
+        torch.set_num_threads(1)  # one per request thread; as many threads as cores
         model = source
         if source.suffix != ".onnx" and choose_runtime(runtime) == "onnxruntime":
             from cnnlab.export import export_onnx
@@ -305,8 +322,24 @@ def serve(source: Path, host: str, port: int, samples: ImageSet | None,
         predictor = Predictor.load(model, torch.device("cpu"), model_code)
         explainer = (None if source.suffix == ".onnx"
                      else Predictor.load(source, torch.device("cpu"), model_code))
-        limits = limits or Limits()
         app = create_app(predictor, samples, find_report(source.resolve()), token, limits,
                          explainer)
-        uvicorn.run(app, host=host, port=port, log_level="warning", **uvicorn_settings(limits))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+                                               **uvicorn_settings(limits)))
+        announce()
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl-C, re-raises it
+            server.run(sockets=[sock])
 
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), as uvicorn binds one (IPv6 for an address with
+    a colon); a port in use or an address not on this machine is a one-line error."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CnnlabError(f"cannot listen on {host} port {port}: {e.strerror}; choose "
+                          "another --port, or a --host address of this machine") from None
+    return sock

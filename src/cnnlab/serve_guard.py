@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from cnnlab.errors import CnnlabError
 
 T = TypeVar("T")
 TOKEN_ENV = "CNNLAB_SERVE_TOKEN"
+LARGEST_LIMIT = 2**31 - 1  # the socket calls take a C int (a larger backlog overflows)
 # Open without the token: the probe, the page (it reads the token from its own URL) and
 # the API documentation.
 OPEN_PATHS = frozenset({"/", "/healthz", "/docs", "/openapi.json"})
@@ -89,9 +89,10 @@ class Limits:
                 value = int(text) if kinds[name] == "int" else float(text)
             except ValueError:
                 value = 0
-            if not 0 < value < math.inf:
+            if not 0 < value <= LARGEST_LIMIT:
                 raise CnnlabError(f"--limit {setting!r}: the value must be a positive "
-                                  f"{'whole ' if kinds[name] == 'int' else ''}number")
+                                  f"{'whole ' if kinds[name] == 'int' else ''}number up to "
+                                  f"{LARGEST_LIMIT}")
             changes[name] = value
         return dataclasses.replace(self, **changes)
 

@@ -290,7 +290,7 @@ def checkpoint_note(run: RunFolder, epochs_done: int, resume_hint: bool = True) 
 
 def resume_recipe(run: RunFolder, overrides: dict[str, Any]) -> Recipe:
     """The saved run's recipe; settings given again must agree with it (says which not)."""
-    saved = from_record(run.info(require_checkpoint=True), str(run.config_path))
+    saved = _saved_recipe(run)
     _refuse_other_settings(run, saved.with_overrides(overrides, "given"), saved)
     return saved
 
@@ -302,9 +302,13 @@ def resumable_epochs(run: RunFolder, recipe: Recipe) -> int:
     on all of them."""
     done = run.epochs_done()
     if done:
-        saved = from_record(run.info(require_checkpoint=True), str(run.config_path))
-        _refuse_other_settings(run, recipe, saved)
+        _refuse_other_settings(run, recipe, _saved_recipe(run))
     return done
+
+
+def _saved_recipe(run: RunFolder) -> Recipe:
+    """The recipe in the run's config.json; refused when there is no checkpoint to resume."""
+    return from_record(run.info(require_checkpoint=True), str(run.config_path))
 
 
 def _refuse_other_settings(run: RunFolder, asked: Recipe, saved: Recipe) -> None:

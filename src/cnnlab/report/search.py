@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cnnlab.files import make_folder
 from cnnlab.report.document import Document
 from cnnlab.report.figures import search_figure
 
@@ -22,7 +23,7 @@ def build_search_report(sweep_dir: Path, name: str, trials: list[dict[str, Any]]
     """SWEEP.md and sweep.html of a search: best trials, the objective against each
     parameter, parameter importances."""
     figures_dir = sweep_dir / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(figures_dir, "the figures folder")
     doc = Document(figures_dir)
     title = f"Sweep {name}: search"
     doc.heading(1, title)

@@ -19,6 +19,7 @@ from cnnlab import __version__
 from cnnlab.data import CLASSES, ImageSet, load_split
 from cnnlab.device import machine_name
 from cnnlab.errors import CnnlabError
+from cnnlab.files import make_folder
 from cnnlab.inference import Predictor
 from cnnlab.report import figures
 from cnnlab.report.document import Document
@@ -47,11 +48,7 @@ def build_report(folder: Path, data_dir: Path, command: str,
         for name, runs in load_runs(other)[0].items():
             timed[name if name not in timed else f"{name} ({other})"] = runs
     figures_dir = folder / "figures"
-    try:
-        figures_dir.mkdir(exist_ok=True)
-    except OSError as e:
-        raise CnnlabError(f"cannot create {figures_dir}: {e.strerror}; "
-                          "make the study folder writable") from e
+    make_folder(figures_dir, "the figures folder")
     doc = Document(figures_dir)
     doc.heading(1, TITLE)
     doc.para(f"Built from {sum(map(len, groups.values()))} run(s) in {folder / 'runs'}. "
