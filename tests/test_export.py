@@ -77,6 +77,12 @@ def test_test_time_views_and_metadata_travel_in_the_graph(tmp_path_factory, data
 
     assert main(["evaluate", str(out), "--data-dir", str(data_dir), "--limit-test", "500"]) == 0
     assert "onnxruntime): test accuracy" in capsys.readouterr().out
+    for entry in proto.metadata_props:
+        if entry.key == "epoch":
+            entry.value = "seven"
+    onnx.save(proto, str(run / "damaged.onnx"))
+    with pytest.raises(CnnlabError, match="its cnnlab metadata is damaged"):
+        Predictor.load(run / "damaged.onnx")
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
