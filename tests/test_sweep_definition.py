@@ -59,3 +59,26 @@ def test_reproduce_seeds_errors_are_one_line(capsys, seeds: str, expected: str) 
 def test_the_definition_imports_without_optuna() -> None:
     code = "import sys, cnnlab.sweep.definition; assert 'optuna' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_grid_or_search_that_would_not_run_as_written_is_refused(capsys, tmp_path) -> None:
+    """Each would silently run something else: a recipe dropped for another of its name, a
+    combination twice, two points in one run folder, search options or a --param lost."""
+    from cnnlab.recipe import builtin, to_toml
+
+    same_name = tmp_path / "mine.toml"
+    same_name.write_text(to_toml(builtin("lenet").with_overrides({"optimizer.lr": 1e-4})))
+    journal = str(tmp_path / "never-written.journal")
+    for argv, expected in [
+        (["--grid", f"recipe=lenet,{same_name} seed=0"], "names recipe lenet twice"),
+        (["--grid", "recipe=lenet seed=0..1,1"], "seed=0..1,1': 1 given twice"),
+        (["--grid", "recipe=lenet average.decay=0.9995,0.9999", "--set", "average.name=ema"],
+         "would share the run folder lenet-decay=1"),
+        (["--grid", "recipe=lenet", "--trials", "5", "--pruner", "median"],
+         "--trials, --pruner: options of a search"),
+        (["--recipe", "lenet", "--param", "optimizer.lr=log:1e-4:1e-2", "--param",
+          "optimizer.lr=log:1e-3:1e-2"], "optimizer.lr is given twice"),
+    ]:
+        assert expected in one_line_error(capsys, ["sweep", "create", "x", "--storage",
+                                                   journal, *argv])
+    assert not (tmp_path / "never-written.journal").exists()

@@ -21,12 +21,18 @@ from cnnlab.sweep.storage import DEFAULT_RUNS_ROOT, DEFAULT_STORAGE, open_storag
 from cnnlab.sweep.sweeps import create_sweep, load_sweep
 from cnnlab.sweep.worker import SPAWNED_ENV, cpu_count, spawn_workers, work
 
+SEARCH_DEFAULTS = {"trials": 20, "objective": "val_acc", "pruner": "none", "seed": None}
+
 
 def cmd_sweep_create(args: argparse.Namespace) -> None:
     fixed = recipes.parse_assignments(args.set or [])
     if args.grid and args.param:
         raise CnnlabError("give --grid (every combination) or --param (a search), not both")
     if args.grid:
+        search_options = [f"--{k}" for k in SEARCH_DEFAULTS if getattr(args, k) is not None]
+        if search_options:
+            raise CnnlabError(f"{', '.join(search_options)}: options of a search, and a "
+                              "--grid runs every combination once; drop them")
         grid = parse_grid(args.grid)
         names = grid.get("recipe") or ([args.recipe] if args.recipe else [])
         if not names:
@@ -36,14 +42,20 @@ def cmd_sweep_create(args: argparse.Namespace) -> None:
         loaded = [named_recipe(str(n)) for n in names]
         if "recipe" in grid:  # files stand in the grid by their recipe's name
             grid["recipe"] = [r.name for r in loaded]
+            clash = {n for n in grid["recipe"] if grid["recipe"].count(n) > 1}
+            if clash:
+                raise CnnlabError(f"--grid names recipe {', '.join(sorted(clash))} twice (a "
+                                  "file's recipe goes by the name inside it): give each its "
+                                  "own name = \"…\"")
         spec = grid_spec(grid, {r.name: r for r in loaded}, fixed)
     else:
         if not args.recipe:
             raise CnnlabError("a search needs --recipe NAME|FILE and --param KEY=KIND:…; "
                               "a grid needs --grid 'KEY=V1,V2 …'")
         params = parse_params(args.param or [])
-        spec = search_spec(named_recipe(args.recipe), params, fixed, args.trials,
-                           args.objective, args.pruner, args.seed)
+        chosen = {k: default if getattr(args, k) is None else getattr(args, k)
+                  for k, default in SEARCH_DEFAULTS.items()}
+        spec = search_spec(named_recipe(args.recipe), params, fixed, **chosen)
     count = create_sweep(args.name, open_storage(args.storage), spec)
     storage = safe_url(args.storage)
     print(f"sweep {args.name}: {count} trials queued in {storage}; start workers with "
@@ -150,11 +162,12 @@ def add_create(sweep_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     q.add_argument("--param", action="append", metavar="KEY=KIND:…",
                    help="a searched key: float:LOW:HIGH, log:LOW:HIGH, int:LOW:HIGH or "
                    "cat:A,B (repeatable)")
-    q.add_argument("--trials", type=int, default=20, help="search: how many (default 20)")
-    q.add_argument("--objective", default="val_acc", help="search: val_acc (maximized) or "
-                   "val_loss (minimized), on the validation split (default %(default)s)")
-    q.add_argument("--pruner", default="none", help="search: none, median or hyperband, on "
-                   "the objective per epoch (default %(default)s)")
+    # Unset (None) here so that a grid can refuse them; a search fills SEARCH_DEFAULTS in.
+    q.add_argument("--trials", type=int, help="search: how many (default 20)")
+    q.add_argument("--objective", help="search: val_acc (maximized) or val_loss (minimized), "
+                   "on the validation split (default val_acc)")
+    q.add_argument("--pruner", help="search: none, median or hyperband, on the objective per "
+                   "epoch (default none)")
     q.add_argument("--seed", type=int, help="search: the sampler's seed (repeatable with one "
                    "worker)")
     q.add_argument("--set", action="append", metavar="KEY=VALUE",

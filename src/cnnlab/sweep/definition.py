@@ -93,6 +93,8 @@ def parse_params(items: list[str]) -> dict[str, Param]:
         if not sep or not key:
             raise CnnlabError(f"--param {item!r}: expected KEY=KIND:…, e.g. "
                               "optimizer.lr=log:1e-4:1e-2")
+        if key in params:
+            raise CnnlabError(f"--param {item!r}: {key} is given twice")
         params[key] = Param.parse(key, text)
     return params
 
@@ -119,6 +121,9 @@ def parse_grid(text: str) -> dict[str, list[Any]]:
         if not out or key in grid:
             raise CnnlabError(f"--grid {item!r}: " + ("no values" if not out
                                                       else f"{key} is given twice"))
+        repeated = sorted({str(v) for v in out if out.count(v) > 1})
+        if repeated:  # every combination runs exactly once
+            raise CnnlabError(f"--grid {item!r}: {', '.join(repeated)} given twice")
         grid[key] = out
     if not grid:
         raise CnnlabError("--grid is empty; e.g. --grid 'recipe=custom,custom_nobn seed=0..9'")
@@ -174,9 +179,10 @@ class SweepSpec:
             return {k: trial.suggest_categorical(k, v) for k, v in self.grid.items()}
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
 
-    def run_name(self, trial: Trial, values: dict[str, Any], recipe: Recipe) -> str:
-        """The run folder of a trial: its grid point (`custom-lr=0.003-seed3`), or the search
-        trial's number and values (`trial007-lr=0.00123`)."""
+    def run_name(self, trial: Trial | None, values: dict[str, Any], recipe: Recipe
+                 ) -> str:
+        """The run folder of a trial: its grid point (`custom-lr=0.003-seed3`; no trial
+        needed), or the search trial's number and values (`trial007-lr=0.00123`)."""
         if self.kind == "grid":
             return recipe.name + (f"-seed{values['seed']}" if "seed" in values else "")
         return trial_label(f"trial{trial.number:03d}", values)
@@ -207,8 +213,14 @@ def grid_spec(grid: dict[str, list[Any]], recipes: dict[str, Recipe],
               fixed: dict[str, Any]) -> SweepSpec:
     """A grid over `recipes` (named by the grid's `recipe` key, else the one given)."""
     spec = SweepSpec("grid", {n: r.to_dict() for n, r in recipes.items()}, fixed, grid=grid)
+    folders: dict[str, dict[str, Any]] = {}
     for point in spec.points():  # every point must be a valid recipe before anything runs
-        spec.recipe(point)
+        folder = spec.run_name(None, point, spec.recipe(point))
+        if folder in folders:  # labels round floats to 3 digits
+            raise CnnlabError(f"grid points {folders[folder]} and {point} would share the "
+                              f"run folder {folder}; make their values differ in the first "
+                              "3 significant digits")
+        folders[folder] = point
     return spec
 
 
