@@ -1,6 +1,7 @@
 import gzip
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,11 @@ def test_count_mismatch_and_bad_labels(tmp_path):
         gzip.compress(idx_bytes(np.full(50, 10))))
     with pytest.raises(CnnlabError, match="outside 0..9"):
         load_split(folder, "train")
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros((0, 28, 28)))))
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(0))))
+    with pytest.raises(CnnlabError, match="hold no images"):  # an evaluation would be nan
+        load_split(folder, "train")
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
@@ -146,4 +152,15 @@ def test_download_refuses_a_checksum_mismatch(tmp_path, data_dir):
 
 def test_download_without_network_says_how_to_work_offline(tmp_path):
     with pytest.raises(CnnlabError, match="CNNLAB_DATA"):
+        download(tmp_path / "data", mirror="http://127.0.0.1:9/")
+    with pytest.raises(CnnlabError, match="cannot download nonsense/"):  # not a URL
+        download(tmp_path / "data", mirror="nonsense")
+
+
+def test_download_into_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch):
+    def denied(*args, **kwargs):  # as for a user in a read-only folder (root writes anywhere)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(CnnlabError, match="cannot write in data folder .*Permission denied"):
         download(tmp_path / "data", mirror="http://127.0.0.1:9/")

@@ -330,8 +330,23 @@ def test_no_runs_and_damaged_metrics_are_one_line_errors(tmp_path: Path, capsys)
     (tmp_path / "runs").mkdir()
     assert "holds no run folders" in one_line_error(capsys, ["report", str(tmp_path)])
     fake_run(tmp_path, "lenet", 0, [0.5], [1.0])
-    (tmp_path / "runs" / "lenet-seed0" / "metrics.csv").write_text("epoch,oops\n1,2\n")
+    run = tmp_path / "runs" / "lenet-seed0"
+    metrics = (run / "metrics.csv").read_text()
+    (run / "metrics.csv").write_text("epoch,oops\n1,2\n")
     assert "metrics.csv: unreadable" in one_line_error(capsys, ["report", str(tmp_path)])
+    (run / "metrics.csv").write_text(metrics.replace(",0.5,0.003,", ",nan,0.003,"))
+    assert "metrics.csv: unreadable (test_acc nan)" in one_line_error(
+        capsys, ["report", str(tmp_path)])
+    (run / "metrics.csv").write_text(metrics)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "matmul_peak_gflops": "fast"}))
+    assert "matmul_peak_gflops 'fast' is not a positive number" in one_line_error(
+        capsys, ["report", str(tmp_path)])
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "predictions.csv").write_text("label,predicted\n9,12\n")  # its final model is
+    assert main(["report", str(tmp_path)]) == 0                      # skipped, saying why
+    assert "predictions.csv: unreadable (a class outside 0..9)" in (
+        tmp_path / "REPORT.md").read_text()
 
 
 def as_long_as_the_study(preset: str, final: float) -> tuple[list[float], list[float]]:

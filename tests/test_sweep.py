@@ -228,3 +228,18 @@ def test_without_optuna_the_sweep_says_how_to_install_it(tmp_path: Path):
     assert proc.returncode == 2
     assert out.strip() == ("cnnlab: error: cnnlab sweep needs Optuna; install it with "
                            "pip install 'cnnlab[sweep]'")
+
+
+def test_an_unsupported_storage_or_worker_count_is_one_line_and_stores_nothing(
+        tmp_path: Path, capsys):
+    assert "give a journal file path (one machine) or a postgresql:// URL" in one_line_error(
+        capsys, ["sweep", "status", "x", "--storage", "mysql://u:p@localhost/x"])
+    out = tmp_path / "study"
+    assert "--workers and --heartbeat must be >= 1" in one_line_error(
+        capsys, ["reproduce", "--workers", "0", "--runs", "lenet", "--out", str(out)])
+    assert not out.exists()  # no journal that a corrected command would then disagree with
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, no newline")
+    assert "is not a journal file (no whole record in it)" in one_line_error(
+        capsys, ["sweep", "status", "x", "--storage", str(notes)])
+    assert notes.read_text() == "my notes, no newline"

@@ -81,4 +81,9 @@ def test_a_grid_or_search_that_would_not_run_as_written_is_refused(capsys, tmp_p
     ]:
         assert expected in one_line_error(capsys, ["sweep", "create", "x", "--storage",
                                                    journal, *argv])
+    for name in ("", "a/b", ".."):  # names become folders
+        assert f"sweep name {name!r}" in one_line_error(
+            capsys, ["sweep", "create", name, "--storage", journal, "--grid", "recipe=lenet"])
+    assert "name = 'a/b': a recipe's name names its run folders" in one_line_error(
+        capsys, ["train", "lenet", "--set", "name=a/b", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "never-written.journal").exists()

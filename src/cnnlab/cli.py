@@ -196,10 +196,10 @@ def add_report(sub: Commands, parents: Parents) -> None:
     p.add_argument("dir", metavar="DIR", help="study folder holding runs/<recipe>-seed<k>/")
     p.add_argument("--collapse-runs", action="append", default=[], metavar="DIR",
                    help="a folder of more BatchNorm-ablation runs (e.g. a sweep's, "
-                   "DIR/runs/*): their collapse rate joins section 3 (repeatable)")
+                   "DIR/runs/*): their collapse rate joins the BatchNorm ablation (repeatable)")
     p.add_argument("--time-runs", action="append", default=[], metavar="DIR",
                    help="a folder of other recipes' runs (e.g. results/study): they join "
-                   "the time-to-accuracy figure and table of section 5 (repeatable)")
+                   "the time-to-accuracy section's figure and table (repeatable)")
     p.set_defaults(run=commands.cmd_report)
 
 

@@ -31,7 +31,7 @@ from cnnlab.models import (
 from cnnlab.recipe import STUDY_AUGMENT, Recipe
 from cnnlab.reproduce import QUICK
 from cnnlab.runs import RunFolder, command_line
-from cnnlab.sweep.cli import run_workers
+from cnnlab.sweep.cli import check_worker_options, run_workers
 from cnnlab.sweep.definition import grid_spec, parse_int_list
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.sweeps import ensure_sweep
@@ -328,6 +328,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         print(quick_note(), flush=True)
     if args.workers is not None:
         # The study's grid as a sweep named after --out, its journal inside --out.
+        check_worker_options(args)
         storage = str(out_dir / "sweep.journal")
         grid = {"recipe": names, "seed": seeds}
         spec = grid_spec(grid, {n: recipes.builtin(n) for n in names},

@@ -146,7 +146,10 @@ def load_split(data_dir: Path, split: str) -> ImageSet:
     if len(images) != len(labels):
         raise CnnlabError(f"{image_path} holds {len(images)} images but {label_path} holds "
                           f"{len(labels)} labels; one of them is from another dataset")
-    if len(labels) and int(labels.max()) > len(CLASSES) - 1:
+    if not len(labels):
+        raise CnnlabError(f"{image_path} and {label_path} hold no images; is this "
+                          "Fashion-MNIST?")
+    if int(labels.max()) > len(CLASSES) - 1:
         raise CnnlabError(f"{label_path}: label {int(labels.max())} is outside 0..9; "
                           "is this Fashion-MNIST?")
     return ImageSet(images, labels.long())
@@ -169,7 +172,11 @@ def download(data_dir: Path, mirror: str | None = None) -> list[str]:
     for name in missing_files(data_dir):
         url = f"{mirror.rstrip('/')}/{name}.gz"
         print(f"downloading {url}", file=sys.stderr)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=data_dir)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=data_dir)
+        except OSError as e:
+            raise CnnlabError(f"cannot write in data folder {data_dir}: {e.strerror}; choose "
+                              "a writable folder with --data-dir") from e
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
@@ -184,8 +191,8 @@ def download(data_dir: Path, mirror: str | None = None) -> list[str]:
                                   f"{SHA256[name][:12]}…); the download was discarded, try "
                                   f"again later or {OFFLINE_HINT}")
             os.replace(tmp, data_dir / f"{name}.gz")
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", None) or e.strerror or e
+        except (urllib.error.URLError, OSError, ValueError) as e:  # ValueError: a bad URL
+            reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
             raise CnnlabError(f"cannot download {url} ({reason}); without network, "
                               f"{OFFLINE_HINT} (folder: {data_dir})") from e
         finally:

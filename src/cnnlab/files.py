@@ -53,3 +53,8 @@ def make_folder(path: Path, what: str) -> None:
     except OSError as e:
         raise CnnlabError(f"cannot create {what} {path} ({e.filename}: {e.strerror}); "
                           "choose another folder") from e
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether `name` can be one file or folder name (it names run folders and figures)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\")

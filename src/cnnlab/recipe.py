@@ -18,6 +18,7 @@ from typing import Any
 
 from cnnlab.augment import STUDY_AUGMENT, TRANSFORMS, parse_transforms
 from cnnlab.errors import CnnlabError
+from cnnlab.files import is_plain_name
 from cnnlab.models import is_user_code
 from cnnlab.models.registry import check_model_args, factory_of
 from cnnlab.spec import (
@@ -206,6 +207,9 @@ class Recipe:
     study: StudySpec = key(StudySpec(), "")
 
     def validate(self, path: str) -> None:
+        if not is_plain_name(self.name):
+            raise CnnlabError(f"name = {self.name!r}: a recipe's name names its run folders "
+                              "and figures, so it must be a plain file name (no / or \\)")
         if self.average.name != "none" and self.average.start_epoch > self.epochs:
             raise CnnlabError(f"average.start_epoch = {self.average.start_epoch} is after the "
                               f"last epoch ({self.epochs}): the {self.average.name} average "

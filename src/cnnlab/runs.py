@@ -20,6 +20,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import shlex
 import shutil
 import subprocess
@@ -118,7 +119,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     def number(key: str, text: str | None) -> float | int | None:
         if key in EVALUATION_COLUMNS and not text:
             return None
-        return int(text) if key == "epoch" else float(text)
+        value = int(text) if key == "epoch" else float(text)
+        if not math.isfinite(value) and not key.endswith("_loss"):  # a loss may overflow
+            raise ValueError(f"{key} {text}")
+        return value
 
     try:
         with open(path, newline="") as f:
@@ -220,6 +224,9 @@ class RunFolder:
             info = json.loads(self.config_path.read_text())
             if not isinstance(info, dict) or ("recipe" not in info and "config" not in info):
                 raise ValueError("no recipe in it")
+            peak = info.get("matmul_peak_gflops")  # a report divides by it
+            if peak is not None and (not isinstance(peak, int | float) or not peak > 0):
+                raise ValueError(f"matmul_peak_gflops {peak!r} is not a positive number")
             return info
         except (OSError, ValueError) as e:
             raise CnnlabError(f"{self.config_path}: unreadable ({e}); the run folder is "
@@ -249,6 +256,8 @@ class RunFolder:
                 if next(reader, None) != ["label", "predicted"]:
                     raise ValueError("not the header label,predicted")
                 pairs = [(int(t), int(p)) for t, p in reader]
+            if any(not 0 <= c < len(CLASSES) for pair in pairs for c in pair):
+                raise ValueError(f"a class outside 0..{len(CLASSES) - 1}")
         except (OSError, ValueError, csv.Error) as e:
             raise CnnlabError(f"{self.predictions_path}: unreadable ({e}); delete it to use "
                               "the run's last.pt instead") from e

@@ -38,8 +38,9 @@ def build_report(folder: Path, data_dir: Path, command: str,
                  collapse_dirs: Sequence[Path] = (),
                  time_dirs: Sequence[Path] = ()) -> tuple[Path, Path]:
     """Write FOLDER/REPORT.md, FOLDER/report.html and FOLDER/figures/*.png; return the two
-    reports. `collapse_dirs`: folders of more ablation runs whose collapse rates join section
-    3; `time_dirs`: folders of other recipes' runs (e.g. the study's) that join section 5."""
+    reports. `collapse_dirs`: folders of more ablation runs whose collapse rates join the
+    BatchNorm ablation; `time_dirs`: folders of other recipes' runs (e.g. the study's) that
+    join the time-to-accuracy section."""
     folder = Path(folder)
     groups, skipped = load_runs(folder)
     more_seeds = [more_seeds_text(Path(d)) for d in collapse_dirs]

@@ -13,6 +13,7 @@ from cnnlab.cli_common import format_table, named_recipe, print_results
 from cnnlab.data import resolve_data_dir
 from cnnlab.device import resolve_device
 from cnnlab.errors import CnnlabError
+from cnnlab.files import is_plain_name
 from cnnlab.models import trusted_code
 from cnnlab.runs import command_line
 from cnnlab.sweep.definition import grid_spec, parse_grid, parse_params, search_spec
@@ -25,6 +26,9 @@ SEARCH_DEFAULTS = {"trials": 20, "objective": "val_acc", "pruner": "none", "seed
 
 
 def cmd_sweep_create(args: argparse.Namespace) -> None:
+    if not is_plain_name(args.name):
+        raise CnnlabError(f"sweep name {args.name!r}: it names the sweep's runs folder, so "
+                          "give a plain folder name")
     fixed = recipes.parse_assignments(args.set or [])
     if args.grid and args.param:
         raise CnnlabError("give --grid (every combination) or --param (a search), not both")
@@ -62,10 +66,15 @@ def cmd_sweep_create(args: argparse.Namespace) -> None:
           f"`cnnlab sweep work {args.name} --storage {storage}`")
 
 
-def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> None:
-    """Work on sweep `name` with args.workers processes here; runs go to runs_root/name."""
+def check_worker_options(args: argparse.Namespace) -> None:
+    """Before anything is stored: a refused command must not leave a sweep behind."""
     if args.workers < 1 or args.heartbeat < 1:
         raise CnnlabError("--workers and --heartbeat must be >= 1")
+
+
+def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> None:
+    """Work on sweep `name` with args.workers processes here; runs go to runs_root/name."""
+    check_worker_options(args)
     _, spec = load_sweep(name, open_storage(storage, args.heartbeat))  # fail here, not K times
     for model in spec.model_names():  # stored recipes are data: their code needs naming here
         trusted_code(model, f"sweep {name}", args.model_code)

@@ -148,7 +148,10 @@ def param_importances(optuna_study: Study) -> dict[str, float] | None:
         return None
     optuna = _optuna()
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
-    with contextlib.suppress(ValueError, RuntimeError):
+    # PED-ANOVA warns (with its file and line) on tied objective values; the report's
+    # importances are an estimate either way.
+    with contextlib.suppress(ValueError, RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return optuna.importance.get_param_importances(optuna_study, evaluator=evaluator)
     return None
 

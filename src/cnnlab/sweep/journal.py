@@ -31,6 +31,10 @@ def mend(path: Path, say: Callable[[str], None]) -> None:
         raise CnnlabError(f"--storage {path}: cannot read the journal file ({e.strerror})"
                           ) from None
     keep = data.rfind(b"\n") + 1
+    if data and not keep:  # no whole record: another kind of file, never to be truncated
+        raise CnnlabError(f"--storage {path} is not a journal file (no whole record in it); "
+                          "give a new file name, or delete it if a crash cut off its "
+                          "first record")
     check_records(path, data[:keep])
     if keep == len(data):
         return

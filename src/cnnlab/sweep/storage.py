@@ -38,6 +38,9 @@ def open_storage(url: str, heartbeat: int = 20,
     if url.startswith("sqlite"):
         raise CnnlabError("--storage: SQLite fails under concurrent writers; give a journal "
                           "file path (one machine) or a postgresql:// URL (many machines)")
+    if not url.startswith("postgresql"):
+        raise CnnlabError(f"--storage {safe_url(url)}: give a journal file path (one machine) "
+                          "or a postgresql:// URL (many machines)")
     import sqlalchemy.exc
 
     try:
