@@ -51,6 +51,7 @@ def test_a_grid_s_ranges_keep_their_order() -> None:
 @pytest.mark.parametrize("seeds, expected", [
     ("3..1", "--seeds wants integers: '3..1' has the empty range 3..1"),
     ("x", "--seeds wants integers: 'x' is not a list of integers"),
+    ("0,4294967296", "--seeds must be between 0 and 4294967295 (got 0,4294967296)"),
 ])
 def test_reproduce_seeds_errors_are_one_line(capsys, seeds: str, expected: str) -> None:
     assert expected in one_line_error(capsys, ["reproduce", "--seeds", seeds])
@@ -87,3 +88,6 @@ def test_a_grid_or_search_that_would_not_run_as_written_is_refused(capsys, tmp_p
     assert "name = 'a/b': a recipe's name names its run folders" in one_line_error(
         capsys, ["train", "lenet", "--set", "name=a/b", "--out", str(tmp_path / "run")])
     assert not (tmp_path / "never-written.journal").exists()
+    (tmp_path / "study").write_text("a file")
+    assert "--out " + str(tmp_path / "study") + " is a file" in one_line_error(
+        capsys, ["reproduce", "--workers", "1", "--out", str(tmp_path / "study")])

@@ -323,7 +323,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         seeds = parse_int_list(args.seeds)
     except CnnlabError as e:
         raise CnnlabError(f"--seeds wants integers: {e}") from None
+    if not 0 <= seeds[0] <= seeds[-1] <= recipes.MAX_SEED:  # sorted
+        raise CnnlabError(f"--seeds must be between 0 and {recipes.MAX_SEED} "
+                          f"(got {args.seeds})")
     out_dir, data_dir = Path(args.out), resolve_data_dir(args.data_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CnnlabError(f"--out {out_dir} is a file; give a study folder")
     if args.quick:
         print(quick_note(), flush=True)
     if args.workers is not None:
