@@ -17,6 +17,7 @@ import pytest
 import cnnlab.checkpoint
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
 from cnnlab.runs import read_metrics
 from cnnlab.sweep import outage, worker
 from conftest import REPO
@@ -256,3 +257,63 @@ def test_a_trial_requeued_while_its_worker_lives_is_trained_once(tmp_path: Path,
     assert [t["state"] for t in done] == ["FAIL", "COMPLETE"]
     rows = read_metrics(root / name / "runs/lenet-seed0/metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3] and done[1]["value"] == rows[-1]["test_acc"]
+
+
+def test_a_failed_trial_is_reported_and_run_again_by_the_next_command(
+        tmp_path: Path, data_dir: Path, capsys, monkeypatch):
+    storage, root, name = str(tmp_path / "s.journal"), tmp_path / "runs", "flaky"  # noqa: F811
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--grid", "seed=0..1", "--set", "epochs=2", *TINY]) == 0
+    folder, error = root / name / "runs" / "lenet-seed1", "cannot read batch 7 (Input/output error)"
+
+    def seed1_fails_in_epoch_2(self, step: int, values: dict) -> None:
+        if self.label.endswith("lenet-seed1") and (folder / "last.pt").exists():
+            raise CnnlabError(error)
+
+    monkeypatch.setattr(worker.TrialLogger, "log_step", seed1_fails_in_epoch_2)
+    work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+            "--data-dir", str(data_dir)]
+    capsys.readouterr()
+    assert main(work) == 2, "a sweep with a failed trial does not end as a success"
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"cnnlab: error: sweep flaky: 1 trial failed (trial 1, lenet-seed1: "
+                       f"{error}); fix the cause and run the same command again to retry it")
+    assert not any("Traceback" in e for e in err)
+    first = trials(capsys, name, storage, root)
+    assert [(t["state"], t["error"]) for t in first] == [("COMPLETE", None), ("FAIL", error)]
+    assert main(work) == 2, "queued again while the cause stands, it fails again"
+    capsys.readouterr()
+
+    monkeypatch.undo()  # the cause fixed
+    assert main(work) == 0
+    err = capsys.readouterr().err
+    assert f"trial 2 (lenet-seed1) failed earlier ({error}); queued again" in err
+    assert "trial 3 lenet-seed1: resuming after epoch 1" in err
+    done = trials(capsys, name, storage, root)
+    assert [(t["state"], t["retry_of"], t["error"]) for t in done] == [
+        ("COMPLETE", None, None), ("FAIL", None, error), ("FAIL", 1, error), ("COMPLETE", 1, None)]
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.csv")] == [1, 2]
+    assert main(work) == 0
+    assert "queued again" not in capsys.readouterr().err, "a retried failure stays settled"
+    assert len(trials(capsys, name, storage, root)) == 4
+
+
+def test_reproduce_with_workers_runs_a_failed_run_again(tmp_path: Path, data_dir: Path, capsys,
+                                                        monkeypatch):
+    out = tmp_path / "study"
+    command = ["reproduce", "--runs", "lenet", "--seeds", "0", "--quick", "--out", str(out),
+               "--data-dir", str(data_dir), "--quiet", "--workers", "1"]
+
+    def fails_in_epoch_2(self, step: int, values: dict) -> None:
+        if (out / "runs" / "lenet-seed0" / "last.pt").exists():
+            raise CnnlabError("cannot read batch 7 (Input/output error)")
+
+    monkeypatch.setattr(worker.TrialLogger, "log_step", fails_in_epoch_2)
+    capsys.readouterr()
+    assert main(command) == 2
+    assert "1 trial failed (trial 0, lenet-seed0" in capsys.readouterr().err
+    assert not (out / "REPORT.md").exists(), "no report over a missing run"
+    monkeypatch.undo()
+    assert main(command) == 0
+    assert "lenet-seed0: resuming after epoch 1" in capsys.readouterr().err
+    assert "| lenet | 0 |" in (out / "REPORT.md").read_text()

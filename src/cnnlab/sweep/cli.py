@@ -20,7 +20,14 @@ from cnnlab.sweep.definition import grid_spec, parse_grid, parse_params, search_
 from cnnlab.sweep.status import state_counts, status_json, trial_rows, write_search_report
 from cnnlab.sweep.storage import DEFAULT_RUNS_ROOT, DEFAULT_STORAGE, open_storage, safe_url
 from cnnlab.sweep.sweeps import create_sweep, load_sweep
-from cnnlab.sweep.worker import SPAWNED_ENV, cpu_count, spawn_workers, work
+from cnnlab.sweep.worker import (
+    SPAWNED_ENV,
+    cpu_count,
+    refuse_failures,
+    requeue_failures,
+    spawn_workers,
+    work,
+)
 
 SEARCH_DEFAULTS = {"trials": 20, "objective": "val_acc", "pruner": "none", "seed": None}
 
@@ -73,21 +80,36 @@ def check_worker_options(args: argparse.Namespace) -> None:
 
 
 def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> None:
-    """Work on sweep `name` with args.workers processes here; runs go to runs_root/name."""
+    """Work on sweep `name` with args.workers processes here; runs go to runs_root/name.
+
+    The command a user starts (not the workers it spawns) first queues the sweep's failed
+    trials again, the cause being fixed, and ends with a one-line error while any failed."""
     check_worker_options(args)
-    _, spec = load_sweep(name, open_storage(storage, args.heartbeat))  # fail here, not K times
+    # Loaded here so that a bad name or storage fails once, not in K workers.
+    optuna_study, spec = load_sweep(name, open_storage(storage, args.heartbeat))
     for model in spec.model_names():  # stored recipes are data: their code needs naming here
         trusted_code(model, f"sweep {name}", args.model_code)
+    spawned = bool(os.environ.get(SPAWNED_ENV))
+    if not spawned:
+        requeue_failures(optuna_study)
     if args.workers == 1:
         work(name, storage, runs_root / name, resolve_data_dir(args.data_dir),
              resolve_device(args.device), args.heartbeat, args.model_code)
-        return
+    else:
+        spawn_workers(args.workers, args.threads or max(1, cpu_count() // args.workers),
+                      worker_arguments(name, storage, runs_root, args))
+    if not spawned:
+        refuse_failures(name, optuna_study)
+
+
+def worker_arguments(name: str, storage: str, runs_root: Path, args: argparse.Namespace
+                     ) -> list[str]:
+    """The `cnnlab sweep work` arguments that each spawned worker gets."""
     forwarded = [name, "--storage", storage, "--runs-root", str(runs_root),
                  "--heartbeat", str(args.heartbeat), "--device", args.device]
     for flag, value in (("--data-dir", args.data_dir), ("--model-code", args.model_code)):
         forwarded += [flag, value] if value else []
-    threads = args.threads or max(1, cpu_count() // args.workers)
-    spawn_workers(args.workers, threads, forwarded)
+    return forwarded
 
 
 def cmd_sweep_work(args: argparse.Namespace) -> None:

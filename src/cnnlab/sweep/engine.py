@@ -111,11 +111,11 @@ def is_database(storage: Any) -> bool:
     return isinstance(storage, _optuna().storages.RDBStorage)
 
 
-def _retry_policy() -> Any:
-    """The one policy for a dead worker's trial, on either storage: a fresh copy with the
-    same parameters and its reported epochs, at most MAX_RETRIES times."""
+def _retry_policy(max_retry: int | None = MAX_RETRIES) -> Any:
+    """How a trial is run again, on either storage: a fresh copy with the same parameters
+    and its reported epochs; a dead worker's trial at most MAX_RETRIES times."""
     return _optuna().storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=MAX_RETRIES, inherit_intermediate_values=True)
+        max_retry=max_retry, inherit_intermediate_values=True)
 
 
 # --------------------------------------------------------------------------- studies
@@ -200,10 +200,20 @@ def fail_running(storage: Any, trial_id: int) -> FrozenTrial | None:
     return storage.get_trial(trial_id)
 
 
-def retry(optuna_study: Study, failed: FrozenTrial) -> None:
+def retry(optuna_study: Study, failed: FrozenTrial, max_retry: int | None = MAX_RETRIES
+          ) -> None:
     """Queue a fresh copy of a failed trial (same parameters, same reported epochs), by the
-    policy a database applies to trials whose heartbeat stopped."""
-    _retry_policy()(optuna_study, failed)
+    policy a database applies to trials whose heartbeat stopped; `max_retry=None` queues it
+    whatever its history (a user's rerun after fixing the cause)."""
+    _retry_policy(max_retry)(optuna_study, failed)
+
+
+def unretried_failures(optuna_study: Study) -> list[FrozenTrial]:
+    """The failed trials that no later trial runs again: the points the sweep still lacks.
+    Each retry records the numbers of the trials it stands for (Optuna's `retry_history`)."""
+    every = trials(optuna_study)
+    retried = {number for t in every for number in t.system_attrs.get("retry_history", [])}
+    return [t for t in every if t.state.name == "FAIL" and t.number not in retried]
 
 
 def requeue_stale(optuna_study: Study, storage: Any) -> None:

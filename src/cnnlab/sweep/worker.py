@@ -33,12 +33,12 @@ from cnnlab.sweep import engine
 from cnnlab.sweep.claim import claim_folder
 from cnnlab.sweep.definition import SweepSpec
 from cnnlab.sweep.outage import StorageUnreachable
-from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.storage import open_storage, say_to_stderr
 from cnnlab.sweep.sweeps import load_sweep
 from cnnlab.train import resumable_epochs, start_or_resume
 
 if TYPE_CHECKING:
-    from cnnlab.sweep.engine import Study, Trial
+    from cnnlab.sweep.engine import FrozenTrial, Study, Trial
 
 UNSIGNED_GRACE_S = 60  # a taken trial's worker signs it at once; one unsigned this long died
 SPAWNED_ENV = "CNNLAB_SWEEP_SPAWNED"  # set in the workers that `sweep work --workers K` starts
@@ -324,6 +324,33 @@ def spawn_workers(count: int, threads: int, worker_args: list[str]) -> None:
         raise CnnlabError(f"{len(failed)} of {count} workers stopped with exit status "
                           f"{', '.join(map(str, failed))} (their messages are above); run the "
                           "same command again to continue the sweep")
+
+
+def requeue_failures(optuna_study: Study) -> None:
+    """Queue again each failed trial that no trial runs again yet (a user reruns `sweep work`
+    once the cause is fixed); its copy continues from the trial's run folder."""
+    for failed in engine.unretried_failures(optuna_study):
+        engine.retry(optuna_study, failed, max_retry=None)
+        say_to_stderr(f"trial {failed.number} ({failed.user_attrs.get('run', 'no run')}) "
+                      f"failed earlier ({failure(failed)}); queued again")
+
+
+def refuse_failures(name: str, optuna_study: Study) -> None:
+    """End with a one-line error while trials of the sweep stay failed."""
+    failed = engine.unretried_failures(optuna_study)
+    if failed:
+        first, them = failed[0], "it" if len(failed) == 1 else "them"
+        count = "1 trial" if len(failed) == 1 else f"{len(failed)} trials"
+        raise CnnlabError(f"sweep {name}: {count} failed (trial {first.number}, "
+                          f"{first.user_attrs.get('run', 'no run')}: {failure(first)}); fix "
+                          f"the cause and run the same command again to retry {them}")
+
+
+def failure(trial: FrozenTrial) -> str:
+    """Why a failed trial failed, in one line."""
+    error = trial.user_attrs.get("error")
+    return (error.splitlines()[0] if error
+            else f"its worker died {engine.MAX_RETRIES + 1} times")
 
 
 def cpu_count() -> int:
