@@ -202,9 +202,9 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
               recipes: tuple[str, ...] = ()) -> dict[str, Any]:
     train_set = load_split(data_dir, "train").to(device)
     # Every batch is checked before anything is measured, not after minutes of it.
+    recipe_batches = {name: builtin(name).batch_size for name in recipes}
     batches = ([(f"{BATCH}", BATCH)] if models else []) + [
-        (f"recipe {name}'s batch {builtin(name).batch_size}", builtin(name).batch_size)
-        for name in recipes]
+        (f"recipe {name}'s batch {batch}", batch) for name, batch in recipe_batches.items()]
     for what, batch in batches:
         if steps * batch > len(train_set):
             raise CnnlabError(f"{steps} steps of {what} need {steps * batch} training "

@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from cnnlab.errors import CnnlabError
-from cnnlab.files import make_folder
+from cnnlab.files import make_folder, temp_file
 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -172,12 +171,8 @@ def download(data_dir: Path, mirror: str | None = None) -> list[str]:
     for name in missing_files(data_dir):
         url = f"{mirror.rstrip('/')}/{name}.gz"
         print(f"downloading {url}", file=sys.stderr)
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=data_dir)
-        except OSError as e:
-            raise CnnlabError(f"cannot write in data folder {data_dir}: {e.strerror}; choose "
-                              "a writable folder with --data-dir") from e
-        tmp = Path(tmp_name)
+        fd, tmp = temp_file(data_dir, name, ".part", f"data folder {data_dir}",
+                            "choose a writable folder with --data-dir")
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
                 shutil.copyfileobj(resp, out)

@@ -19,11 +19,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     either the old or the new version, never a mixture.
     """
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CnnlabError(f"cannot write in {path.parent}: {e.strerror}; "
-                          "choose a writable folder") from e
+    fd, tmp = temp_file(path.parent, path.name, ".tmp")
     try:
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as f:
@@ -32,13 +28,25 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         advice = ("free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT)
                   else "choose another path")
         raise CnnlabError(f"cannot write {path}: {e.strerror}; {advice}") from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def temp_file(folder: Path, name: str, suffix: str, where: str | None = None,
+              advice: str = "choose a writable folder") -> tuple[int, Path]:
+    """A new hidden file `.NAME.*SUFFIX` in `folder`, open for writing (its descriptor and
+    path), on the file system of NAME so that renaming it to NAME is atomic; or a one-line
+    error naming `where` (default: the folder) and the `advice`."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
+    except OSError as e:
+        raise CnnlabError(f"cannot write in {where or folder}: {e.strerror}; {advice}") from e
+    return fd, Path(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

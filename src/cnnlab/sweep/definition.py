@@ -179,12 +179,11 @@ class SweepSpec:
             return {k: trial.suggest_categorical(k, v) for k, v in self.grid.items()}
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
 
-    def run_name(self, trial: Trial | None, values: dict[str, Any], recipe: Recipe
-                 ) -> str:
-        """The run folder of a trial: its grid point (`custom-lr=0.003-seed3`; no trial
-        needed), or the search trial's number and values (`trial007-lr=0.00123`)."""
+    def run_name(self, trial: Trial, values: dict[str, Any], recipe: Recipe) -> str:
+        """The run folder of a trial: its grid point's, or the search trial's number and
+        values (`trial007-lr=0.00123`)."""
         if self.kind == "grid":
-            return recipe.name + (f"-seed{values['seed']}" if "seed" in values else "")
+            return grid_run_name(values, recipe)
         return trial_label(f"trial{trial.number:03d}", values)
 
     def model_names(self) -> list[str]:
@@ -202,6 +201,12 @@ class SweepSpec:
             self.fixed).epochs
 
 
+def grid_run_name(point: dict[str, Any], recipe: Recipe) -> str:
+    """The run folder of a grid point: its recipe's name (which holds the point's other
+    values) and seed, e.g. `custom-lr=0.003-seed3`."""
+    return recipe.name + (f"-seed{point['seed']}" if "seed" in point else "")
+
+
 def trial_label(base: str, values: dict[str, Any]) -> str:
     def short(value: Any) -> str:
         return f"{value:.3g}" if isinstance(value, float) else str(value)
@@ -215,7 +220,7 @@ def grid_spec(grid: dict[str, list[Any]], recipes: dict[str, Recipe],
     spec = SweepSpec("grid", {n: r.to_dict() for n, r in recipes.items()}, fixed, grid=grid)
     folders: dict[str, dict[str, Any]] = {}
     for point in spec.points():  # every point must be a valid recipe before anything runs
-        folder = spec.run_name(None, point, spec.recipe(point))
+        folder = grid_run_name(point, spec.recipe(point))
         if folder in folders:  # labels round floats to 3 digits
             raise CnnlabError(f"grid points {folders[folder]} and {point} would share the "
                               f"run folder {folder}; make their values differ in the first "
