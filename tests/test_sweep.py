@@ -243,3 +243,25 @@ def test_an_unsupported_storage_or_worker_count_is_one_line_and_stores_nothing(
     assert "is not a journal file (no whole record in it)" in one_line_error(
         capsys, ["sweep", "status", "x", "--storage", str(notes)])
     assert notes.read_text() == "my notes, no newline"
+
+
+def test_reproduce_with_workers_adds_seeds_to_its_own_sweep(tmp_path: Path, data_dir: Path,
+                                                           capsys):
+    out = tmp_path / "study"
+    quick = ["reproduce", "--runs", "lenet", "--quick", "--out", str(out), "--data-dir",
+             str(data_dir), "--quiet", "--workers", "1"]
+    assert main([*quick, "--seeds", "0"]) == 0
+    seed0 = (out / "runs/lenet-seed0/metrics.csv").read_text()
+    capsys.readouterr()
+    assert main([*quick, "--seeds", "0,1"]) == 0  # the grid grows by seed 1
+    err = capsys.readouterr().err
+    assert "lenet-seed1: starting" in err and "lenet-seed0" not in err, "seed 0 is not rerun"
+    assert (out / "runs/lenet-seed0/metrics.csv").read_text() == seed0
+    assert "| lenet | 0, 1 |" in (out / "REPORT.md").read_text()
+    assert [(t["state"], t["params"]) for t in status(out.name, str(out / "sweep.journal"),
+                                                      tmp_path)] == [
+        ("COMPLETE", {"recipe": "lenet", "seed": 0}), ("COMPLETE", {"recipe": "lenet", "seed": 1})]
+    assert main([*quick, "--seeds", "1"]) == 0, "fewer seeds: nothing to queue, nothing rerun"
+    assert "starting" not in capsys.readouterr().err
+    assert main([*quick[:3], *quick[4:], "--seeds", "0"]) == 2  # without --quick: other --set
+    assert "created with other settings" in capsys.readouterr().err

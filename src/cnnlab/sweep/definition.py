@@ -174,10 +174,24 @@ class SweepSpec:
         label = trial_label(base, {k: v for k, v in values.items() if k != "seed"})
         return recipe.with_overrides({**values, "name": label}, "sweep --grid")
 
-    def trial_values(self, trial: Trial) -> dict[str, Any]:
-        if self.kind == "grid":
-            return {k: trial.suggest_categorical(k, v) for k, v in self.grid.items()}
+    def search_values(self, trial: Trial) -> dict[str, Any]:
+        """A search trial's values, proposed by the sampler. (A grid trial's are its queued
+        point, not suggested: so a grid can grow, as Optuna fixes a key's choices.)"""
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
+
+    def grown_by(self, other: SweepSpec) -> SweepSpec | None:
+        """This grid with the values of grid `other` added (more seeds, recipes, settings),
+        or None when `other` differs in more than that: other keys or --set, or another
+        recipe under a name this grid has."""
+        def rest(spec: SweepSpec) -> dict[str, Any]:
+            return {**asdict(spec), "recipes": None, "grid": list(spec.grid)}
+
+        if self.kind != "grid" or rest(self) != rest(other) or any(
+                self.recipes.get(name, recipe) != recipe
+                for name, recipe in other.recipes.items()):
+            return None
+        grid = {k: v + [x for x in other.grid[k] if x not in v] for k, v in self.grid.items()}
+        return SweepSpec("grid", {**self.recipes, **other.recipes}, self.fixed, grid=grid)
 
     def run_name(self, trial: Trial, values: dict[str, Any], recipe: Recipe) -> str:
         """The run folder of a trial: its grid point's, or the search trial's number and

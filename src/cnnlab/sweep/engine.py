@@ -281,6 +281,11 @@ def queued_params(trial: FrozenTrial) -> dict[str, Any]:
     return trial.params or trial.system_attrs.get("fixed_params") or {}
 
 
+def queued_point(trial: Trial) -> dict[str, Any]:
+    """The grid point a running trial was queued with (`queued_params` of a live trial)."""
+    return dict(trial.storage.get_trial_system_attrs(storage_id(trial))["fixed_params"])
+
+
 def retry_of(trial: FrozenTrial) -> int | None:
     """The number of the trial this one retries (Optuna's retry callback records it)."""
     return trial.system_attrs.get("failed_trial")

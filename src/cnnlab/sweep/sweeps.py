@@ -2,7 +2,9 @@
 
 A sweep is an Optuna study that holds its own definition (a SweepSpec, as a user attribute)
 and, from the moment it is created, every trial it will ever run: each grid point once, or N
-empty slots for a search, whose parameters the sampler fills in when a worker takes one.
+empty slots for a search, whose parameters the sampler fills in when a worker takes one. Only
+`cnnlab reproduce --workers` adds trials later: rerun with more seeds or recipes, it grows
+its grid by the points it lacks.
 """
 
 from __future__ import annotations
@@ -44,13 +46,32 @@ def load_sweep(name: str, storage: Any) -> tuple[Study, SweepSpec]:
                           "create`")
     if SPEC_ATTR not in optuna_study.user_attrs:
         raise CnnlabError(f"study {name!r} was not created by `cnnlab sweep create`")
-    return optuna_study, SweepSpec(**optuna_study.user_attrs[SPEC_ATTR])
+    return optuna_study, stored_spec(optuna_study)
+
+
+def stored_spec(optuna_study: Study) -> SweepSpec:
+    """The definition as stored now (a grid may have grown since a worker started)."""
+    return SweepSpec(**optuna_study.user_attrs[SPEC_ATTR])
 
 
 def ensure_sweep(name: str, storage: Any, spec: SweepSpec) -> None:
-    """Create the sweep, or accept an existing one with the same definition (a rerun)."""
+    """Create the grid sweep, or grow the existing one by the points of `spec` it lacks
+    (more seeds or recipes: a rerun with more)."""
     if name not in engine.study_names(storage):
         create_sweep(name, storage, spec)
-    elif asdict(load_sweep(name, storage)[1]) != json.loads(json.dumps(asdict(spec))):
+        return
+    optuna_study, stored = load_sweep(name, storage)
+    grown = stored.grown_by(SweepSpec(**json.loads(json.dumps(asdict(spec)))))  # as stored
+    if grown is None:
         raise CnnlabError(f"the sweep {name!r} in this storage was created with other "
                           "settings; use another --out or sweep name")
+    optuna_study.set_user_attr(SPEC_ATTR, asdict(grown))
+    # Queued by what the trials hold, so that a command stopped halfway is mended by a rerun.
+    queued = {point_key(engine.queued_params(t)) for t in engine.trials(optuna_study)}
+    missing = [p for p in grown.points() if point_key(p) not in queued]
+    for point in missing:
+        optuna_study.enqueue_trial(point)
+
+
+def point_key(point: dict[str, Any]) -> str:
+    return json.dumps(point, sort_keys=True)

@@ -34,7 +34,7 @@ from cnnlab.sweep.claim import claim_folder
 from cnnlab.sweep.definition import SweepSpec
 from cnnlab.sweep.outage import StorageUnreachable
 from cnnlab.sweep.storage import open_storage, say_to_stderr
-from cnnlab.sweep.sweeps import load_sweep
+from cnnlab.sweep.sweeps import load_sweep, stored_spec
 from cnnlab.train import resumable_epochs, start_or_resume
 
 if TYPE_CHECKING:
@@ -110,6 +110,7 @@ class Worker:
             self.recover()
             trial_id = engine.take_waiting(self.optuna_study, self.storage)
             if trial_id is not None:
+                self.spec = stored_spec(self.optuna_study)  # a grid may have grown
                 self.run_trial(engine.open_trial(self.optuna_study, self.storage, trial_id,
                                                  self.spec.seed))
                 done += 1
@@ -231,7 +232,8 @@ class Worker:
 
     def objective(self, trial: Trial) -> float:
         trial.set_user_attr("worker", [self.host, self.pid, process_token(self.pid)])
-        values = self.spec.trial_values(trial)
+        values = (engine.queued_point(trial) if self.spec.kind == "grid"
+                  else self.spec.search_values(trial))
         recipe = self.spec.recipe(values)
         name = trial.user_attrs.get("run") or self.spec.run_name(trial, values, recipe)
         trial.set_user_attr("run", name)
