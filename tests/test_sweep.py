@@ -16,9 +16,13 @@ import optuna
 import pytest
 
 from cnnlab.cli import main
+from cnnlab.errors import CnnlabError
+from cnnlab.recipe import builtin
 from cnnlab.reproduce import QUICK
 from cnnlab.runs import read_metrics
+from cnnlab.sweep.definition import grid_spec
 from cnnlab.sweep.storage import open_storage
+from cnnlab.sweep.sweeps import ensure_sweep
 from conftest import REPO, one_line_error
 
 TINY = ["--set", "limit_train=1500", "--set", "limit_test=200"]
@@ -265,3 +269,16 @@ def test_reproduce_with_workers_adds_seeds_to_its_own_sweep(tmp_path: Path, data
     assert "starting" not in capsys.readouterr().err
     assert main([*quick[:3], *quick[4:], "--seeds", "0"]) == 2  # without --quick: other --set
     assert "created with other settings" in capsys.readouterr().err
+
+
+def test_a_reproduction_s_sweep_queues_only_the_runs_asked_for(tmp_path: Path, capsys):
+    storage = str(tmp_path / "sweep.journal")
+    for grid in ({"recipe": ["lenet"], "seed": [0]}, {"recipe": ["custom"], "seed": [1]}):
+        spec = grid_spec(grid, {n: builtin(n) for n in grid["recipe"]}, QUICK)
+        ensure_sweep("study", open_storage(storage), spec)
+    queued = status("study", storage, tmp_path)
+    assert [t["params"] for t in queued] == [{"recipe": "lenet", "seed": 0},
+                                            {"recipe": "custom", "seed": 1}]
+    spec = grid_spec({"recipe": ["lenet"], "seed": [0]}, {"lenet": builtin("lenet")}, {})
+    with pytest.raises(CnnlabError, match="created with other settings"):
+        ensure_sweep("study", open_storage(storage), spec)

@@ -17,7 +17,7 @@ import pytest
 import cnnlab.checkpoint
 from cnnlab.checkpoint import load_checkpoint
 from cnnlab.cli import main
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, Diverged
 from cnnlab.runs import read_metrics
 from cnnlab.sweep import outage, worker
 from conftest import REPO
@@ -317,3 +317,45 @@ def test_reproduce_with_workers_runs_a_failed_run_again(tmp_path: Path, data_dir
     assert main(command) == 0
     assert "lenet-seed0: resuming after epoch 1" in capsys.readouterr().err
     assert "| lenet | 0 |" in (out / "REPORT.md").read_text()
+
+
+def test_a_diverged_trial_failed_for_good(tmp_path: Path, data_dir: Path, capsys, monkeypatch):
+    storage, root, name = str(tmp_path / "s.journal"), tmp_path / "runs", "nan"  # noqa: F811
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--grid", "seed=0", "--set", "epochs=1", *TINY]) == 0
+
+    def diverges(self, step: int, values: dict) -> None:
+        raise Diverged("loss became nan at epoch 1 step 1; training stopped")
+
+    monkeypatch.setattr(worker.TrialLogger, "log_step", diverges)
+    work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+            "--data-dir", str(data_dir)]
+    assert main(work) == 0, "an outcome of the trial's parameters, not a fault to fix"
+    assert main(work) == 0
+    assert "queued again" not in capsys.readouterr().err
+    [trial] = trials(capsys, name, storage, root)
+    assert (trial["state"], trial["error"]) == (
+        "FAIL", "loss became nan at epoch 1 step 1; training stopped")
+
+
+def test_spawned_workers_leave_the_requeue_to_their_command(tmp_path: Path, data_dir: Path,
+                                                            capsys):
+    storage, root, name = str(tmp_path / "s.journal"), tmp_path / "runs", "k"  # noqa: F811
+    assert main(["sweep", "create", name, "--storage", storage, "--recipe", "lenet",
+                 "--grid", "seed=0..1", "--set", "epochs=1", *TINY]) == 0
+    blocked = root / name / "runs" / "lenet-seed1"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the run folder goes")
+    work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
+            "--data-dir", str(data_dir), "--workers", "2"]
+    for _ in range(2):  # the second time, the cause stands: one copy, not one per worker
+        proc = cli(*work)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 2 and out.splitlines()[-1].startswith(
+            f"cnnlab: error: sweep {name}: 1 trial failed (trial "), out
+    assert [t["state"] for t in trials(capsys, name, storage, root)] == [
+        "COMPLETE", "FAIL", "FAIL"]
+    blocked.unlink()
+    finish(cli(*work))
+    assert [t["state"] for t in trials(capsys, name, storage, root)] == [
+        "COMPLETE", "FAIL", "FAIL", "COMPLETE"]

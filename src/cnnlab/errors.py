@@ -13,3 +13,8 @@ class Interrupted(CnnlabError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class Diverged(CnnlabError):
+    """Training stopped on a non-finite loss or metric: an outcome of the recipe, which a
+    rerun repeats (a sweep records the trial as failed for good)."""

@@ -30,7 +30,7 @@ from cnnlab.augment import Draws, augment_batch, eval_batch
 from cnnlab.checkpoint import load_checkpoint, save_checkpoint, save_model
 from cnnlab.data import Datasets, ImageSet, load_datasets
 from cnnlab.device import as_input, autocast, check_precision, prepare_model
-from cnnlab.errors import CnnlabError, Interrupted
+from cnnlab.errors import CnnlabError, Diverged, Interrupted
 from cnnlab.inference import Predictor
 from cnnlab.loggers import Logger
 from cnnlab.models import create_model, fit_to_data, start_epoch
@@ -263,7 +263,7 @@ def _epoch(parts: Parts, data: Datasets, run: RunFolder, epoch: int, stop: StopR
         raise Interrupted(f"{name}: stopped at epoch {epoch} step {e.step}; {note}",
                           stop.signum) from None
     except _NonFiniteLoss as e:
-        raise CnnlabError(
+        raise Diverged(
             f"loss became {e.value} at epoch {epoch} step {e.step}; training stopped, "
             f"{checkpoint_note(run, epoch - 1, resume_hint=False)}; try a lower --lr"
         ) from None

@@ -179,10 +179,10 @@ class SweepSpec:
         point, not suggested: so a grid can grow, as Optuna fixes a key's choices.)"""
         return {k: Param(**p).suggest(trial, k) for k, p in self.params.items()}
 
-    def grown_by(self, other: SweepSpec) -> SweepSpec | None:
-        """This grid with the values of grid `other` added (more seeds, recipes, settings),
-        or None when `other` differs in more than that: other keys or --set, or another
-        recipe under a name this grid has."""
+    def merged_with(self, other: SweepSpec) -> SweepSpec | None:
+        """This grid and grid `other` as one (their recipes, and each key's values), which
+        names everything either runs; None when `other` differs in more than that: other
+        keys or --set, or another recipe under a name this grid has."""
         def rest(spec: SweepSpec) -> dict[str, Any]:
             return {**asdict(spec), "recipes": None, "grid": list(spec.grid)}
 

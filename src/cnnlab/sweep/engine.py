@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = "pip install 'cnnlab[sweep]'"
 MAX_RETRIES = 3  # requeues of one trial whose workers keep dying
+DEATHS = "cnnlab_worker_deaths"  # a trial's system attr: its workers' deaths in a row
+FINAL = "final"  # a failed trial's user attr: its failure is its outcome (a diverged loss)
 
 
 def _optuna() -> Any:
@@ -35,7 +37,7 @@ def _optuna() -> Any:
     except ImportError:
         raise CnnlabError(f"cnnlab sweep needs Optuna; install it with {INSTALL_HINT}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # Heartbeats and their retry callback are marked experimental; they are what we need.
+    # Heartbeats are marked experimental; they are what we need.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
@@ -66,7 +68,7 @@ def database_storage(url: str, heartbeat: int, say: Callable[[str], None]) -> An
     server's return."""
     storage = _patient_rdb_storage()(
         url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=heartbeat,
-        grace_period=3 * heartbeat, heartbeat_stale_trial_callback=_retry_policy())
+        grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry)
     storage.outage = Outage(say, connection_lost, max_delay=heartbeat)
     return storage
 
@@ -109,13 +111,6 @@ def _patient_rdb_storage() -> type:
 
 def is_database(storage: Any) -> bool:
     return isinstance(storage, _optuna().storages.RDBStorage)
-
-
-def _retry_policy(max_retry: int | None = MAX_RETRIES) -> Any:
-    """How a trial is run again, on either storage: a fresh copy with the same parameters
-    and its reported epochs; a dead worker's trial at most MAX_RETRIES times."""
-    return _optuna().storages.RetryHeartbeatStaleTrialCallback(
-        max_retry=max_retry, inherit_intermediate_values=True)
 
 
 # --------------------------------------------------------------------------- studies
@@ -200,20 +195,36 @@ def fail_running(storage: Any, trial_id: int) -> FrozenTrial | None:
     return storage.get_trial(trial_id)
 
 
-def retry(optuna_study: Study, failed: FrozenTrial, max_retry: int | None = MAX_RETRIES
-          ) -> None:
-    """Queue a fresh copy of a failed trial (same parameters, same reported epochs), by the
-    policy a database applies to trials whose heartbeat stopped; `max_retry=None` queues it
-    whatever its history (a user's rerun after fixing the cause)."""
-    _retry_policy(max_retry)(optuna_study, failed)
+def retry(optuna_study: Study, failed: FrozenTrial, rerun: bool = False) -> bool:
+    """Queue a fresh copy of a failed trial: its parameters, run folder and reported epochs,
+    not its error; False when not queued. A trial whose worker died is queued again at most
+    MAX_RETRIES times in a row (on a database this is the heartbeat's callback); a `rerun`
+    (a user's, the cause fixed) always, and starts that count afresh. Like Optuna's
+    RetryHeartbeatStaleTrialCallback, it records the trials a copy stands for
+    (`failed_trial`, `retry_history`); unlike it, a user's reruns are not counted as deaths."""
+    optuna = _optuna()
+    deaths = 0 if rerun else failed.system_attrs.get(DEATHS, 0) + 1
+    if deaths > MAX_RETRIES:
+        return False
+    history = [*failed.system_attrs.get("retry_history", []), failed.number]
+    system_attrs = {"failed_trial": failed.number, **failed.system_attrs,
+                    "retry_history": history, DEATHS: deaths}
+    optuna_study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=failed.params,
+        distributions=failed.distributions, system_attrs=system_attrs,
+        user_attrs={k: v for k, v in failed.user_attrs.items() if k != "error"},
+        intermediate_values=failed.intermediate_values))
+    return True
 
 
 def unretried_failures(optuna_study: Study) -> list[FrozenTrial]:
-    """The failed trials that no later trial runs again: the points the sweep still lacks.
-    Each retry records the numbers of the trials it stands for (Optuna's `retry_history`)."""
+    """The failed trials that no later trial runs again and whose failure is not their
+    outcome: the points the sweep still lacks. Each copy records the numbers of the trials
+    it stands for (`retry_history`)."""
     every = trials(optuna_study)
     retried = {number for t in every for number in t.system_attrs.get("retry_history", [])}
-    return [t for t in every if t.state.name == "FAIL" and t.number not in retried]
+    return [t for t in every if t.state.name == "FAIL" and t.number not in retried
+            and not t.user_attrs.get(FINAL)]
 
 
 def requeue_stale(optuna_study: Study, storage: Any) -> None:
@@ -287,7 +298,7 @@ def queued_point(trial: Trial) -> dict[str, Any]:
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
-    """The number of the trial this one retries (Optuna's retry callback records it)."""
+    """The number of the trial this one retries (see `retry`)."""
     return trial.system_attrs.get("failed_trial")
 
 

@@ -32,8 +32,7 @@ def trial_rows(optuna_study: Study, sweep_dir: Path) -> list[dict[str, Any]]:
                      "epochs": epochs,
                      "host": f"{worker[0]}:{worker[1]}" if worker[0] else None,
                      "retry_of": engine.retry_of(t),
-                     # a retry inherits the failed trial's attrs, its error included
-                     "error": t.user_attrs.get("error") if t.state.name == "FAIL" else None})
+                     "error": t.user_attrs.get("error")})
     return rows
 
 

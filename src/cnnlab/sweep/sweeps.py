@@ -2,9 +2,9 @@
 
 A sweep is an Optuna study that holds its own definition (a SweepSpec, as a user attribute)
 and, from the moment it is created, every trial it will ever run: each grid point once, or N
-empty slots for a search, whose parameters the sampler fills in when a worker takes one. Only
-`cnnlab reproduce --workers` adds trials later: rerun with more seeds or recipes, it grows
-its grid by the points it lacks.
+empty slots for a search, whose parameters the sampler fills in when a worker takes one.
+Trials are added later only to run a point again (a failed trial's copy), or by `cnnlab
+reproduce --workers`, which adds the points it is asked for and its sweep lacks.
 """
 
 from __future__ import annotations
@@ -55,22 +55,24 @@ def stored_spec(optuna_study: Study) -> SweepSpec:
 
 
 def ensure_sweep(name: str, storage: Any, spec: SweepSpec) -> None:
-    """Create the grid sweep, or grow the existing one by the points of `spec` it lacks
+    """Create the grid sweep, or add to the existing one the points of `spec` it lacks
     (more seeds or recipes: a rerun with more)."""
     if name not in engine.study_names(storage):
         create_sweep(name, storage, spec)
         return
     optuna_study, stored = load_sweep(name, storage)
-    grown = stored.grown_by(SweepSpec(**json.loads(json.dumps(asdict(spec)))))  # as stored
-    if grown is None:
+    spec = SweepSpec(**json.loads(json.dumps(asdict(spec))))  # as it would be stored
+    merged = stored.merged_with(spec)
+    if merged is None:
         raise CnnlabError(f"the sweep {name!r} in this storage was created with other "
                           "settings; use another --out or sweep name")
-    optuna_study.set_user_attr(SPEC_ATTR, asdict(grown))
+    if merged != stored:
+        optuna_study.set_user_attr(SPEC_ATTR, asdict(merged))
     # Queued by what the trials hold, so that a command stopped halfway is mended by a rerun.
     queued = {point_key(engine.queued_params(t)) for t in engine.trials(optuna_study)}
-    missing = [p for p in grown.points() if point_key(p) not in queued]
-    for point in missing:
-        optuna_study.enqueue_trial(point)
+    for point in spec.points():
+        if point_key(point) not in queued:
+            optuna_study.enqueue_trial(point)
 
 
 def point_key(point: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnlab.data import ensure_data
-from cnnlab.errors import CnnlabError, Interrupted
+from cnnlab.errors import CnnlabError, Diverged, Interrupted
 from cnnlab.loggers import Logger, format_epoch
 from cnnlab.recipe import Recipe
 from cnnlab.runs import RunFolder
@@ -142,8 +142,11 @@ class Worker:
         failed = engine.fail_running(self.storage, trial_id)
         if failed is None:
             return  # another worker got there first
-        self.say(f"trial {failed.number} requeued: {why}")
-        engine.retry(self.optuna_study, failed)
+        if engine.retry(self.optuna_study, failed):
+            self.say(f"trial {failed.number} requeued: {why}")
+        else:
+            self.say(f"trial {failed.number} failed: {why}, and its workers died "
+                     f"{engine.MAX_RETRIES + 1} times in a row; not queued again")
 
     def run_trial(self, trial: Trial) -> None:
         with self.heartbeat(engine.storage_id(trial)):
@@ -166,7 +169,7 @@ class Worker:
                                       "last checkpoint: free some space and run `cnnlab "
                                       "sweep work` again") from None
                 self.say(f"trial {trial.number} failed: {e}")
-                self.record(trial, "FAIL", error=str(e))
+                self.record(trial, "FAIL", error=str(e), final=isinstance(e, Diverged))
                 return
             except BaseException as e:
                 if engine.ended_elsewhere(e):  # reported to a trial another worker failed
@@ -179,13 +182,15 @@ class Worker:
                      f"({self.progress()})")
 
     def record(self, trial: Trial, state: str, value: float | None = None,
-               error: str | None = None) -> bool:
-        """Tell the sweep how the trial ended (and why, for a failure); False (saying why)
-        when another worker had failed and requeued it while this one could not reach the
-        storage."""
+               error: str | None = None, final: bool = False) -> bool:
+        """Tell the sweep how the trial ended (and why, for a failure; `final` for one that
+        is the trial's outcome, never to be run again); False (saying why) when another
+        worker had failed and requeued it while this one could not reach the storage."""
         try:
             if error is not None:
                 trial.set_user_attr("error", error)
+            if final:
+                trial.set_user_attr(engine.FINAL, True)
             if engine.finish(self.optuna_study, trial, state, value):
                 return True
         except Exception as e:
@@ -240,7 +245,7 @@ class Worker:
         metrics = self.start_or_resume_run(trial, name, recipe)
         value = metrics[-1][self.spec.metric]
         if value is None or not math.isfinite(value):
-            raise CnnlabError(f"{name} gave no {self.spec.metric}")
+            raise Diverged(f"{name} gave no {self.spec.metric}")
         return value
 
     def start_or_resume_run(self, trial: Trial, name: str, recipe: Recipe
@@ -329,10 +334,11 @@ def spawn_workers(count: int, threads: int, worker_args: list[str]) -> None:
 
 
 def requeue_failures(optuna_study: Study) -> None:
-    """Queue again each failed trial that no trial runs again yet (a user reruns `sweep work`
-    once the cause is fixed); its copy continues from the trial's run folder."""
+    """Queue again each failed trial that no trial runs again yet, unless its failure is
+    its outcome (a user reruns `sweep work` once the cause is fixed); its copy continues
+    from the trial's run folder."""
     for failed in engine.unretried_failures(optuna_study):
-        engine.retry(optuna_study, failed, max_retry=None)
+        engine.retry(optuna_study, failed, rerun=True)
         say_to_stderr(f"trial {failed.number} ({failed.user_attrs.get('run', 'no run')}) "
                       f"failed earlier ({failure(failed)}); queued again")
 
@@ -352,7 +358,7 @@ def failure(trial: FrozenTrial) -> str:
     """Why a failed trial failed, in one line."""
     error = trial.user_attrs.get("error")
     return (error.splitlines()[0] if error
-            else f"its worker died {engine.MAX_RETRIES + 1} times")
+            else f"its workers died {engine.MAX_RETRIES + 1} times in a row")
 
 
 def cpu_count() -> int:
