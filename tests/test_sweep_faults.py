@@ -348,11 +348,14 @@ def test_spawned_workers_leave_the_requeue_to_their_command(tmp_path: Path, data
     blocked.write_text("a file where the run folder goes")
     work = ["sweep", "work", name, "--storage", storage, "--runs-root", str(root),
             "--data-dir", str(data_dir), "--workers", "2"]
-    for _ in range(2):  # the second time, the cause stands: one copy, not one per worker
+    for attempt in range(2):  # the second time, the cause stands: one copy, not one per worker
         proc = cli(*work)
         out, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 2 and out.splitlines()[-1].startswith(
-            f"cnnlab: error: sweep {name}: 1 trial failed (trial "), out
+        assert proc.returncode == 2 and out.splitlines()[-2:] == [
+            f"sweep {name}: 1 complete, {attempt + 1} fail; runs in {root / name / 'runs'}",
+            f"cnnlab: error: sweep {name}: 1 trial failed (trial {attempt + 1}, lenet-seed1: "
+            f"run folder {blocked} is a file; move it away, or choose another folder); fix "
+            "the cause and run the same command again to retry it"], out
     assert [t["state"] for t in trials(capsys, name, storage, root)] == [
         "COMPLETE", "FAIL", "FAIL"]
     blocked.unlink()

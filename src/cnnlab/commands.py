@@ -35,6 +35,7 @@ from cnnlab.sweep.cli import check_worker_options, run_workers
 from cnnlab.sweep.definition import grid_spec, parse_int_list
 from cnnlab.sweep.storage import open_storage
 from cnnlab.sweep.sweeps import ensure_sweep
+from cnnlab.sweep.worker import refuse_failures
 from cnnlab.train import resume_recipe, start_or_resume
 
 
@@ -339,7 +340,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         spec = grid_spec(grid, {n: recipes.builtin(n) for n in names},
                          QUICK if args.quick else {})
         ensure_sweep(out_dir.name, open_storage(storage), spec)
-        run_workers(out_dir.name, storage, out_dir.parent, args)
+        refuse_failures(out_dir.name, run_workers(out_dir.name, storage, out_dir.parent, args))
     else:
         reproduce(names, seeds, out_dir, data_dir, resolve_device(args.device), args.quick,
                   args.quiet)

@@ -178,7 +178,8 @@ class RunFolder:
     def claim(self, overwrite: bool) -> None:
         """Refuse to start over an existing run unless `overwrite` says so."""
         if self.path.exists() and not self.path.is_dir():
-            raise CnnlabError(f"--out {self.path} is a file; choose a folder")
+            raise CnnlabError(f"run folder {self.path} is a file; move it away, or choose "
+                              "another folder")
         existing = [name for name in (*RUN_FILES, TENSORBOARD_DIR)
                     if (self.path / name).exists()]
         if existing and not overwrite:

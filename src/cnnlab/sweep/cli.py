@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnlab import recipe as recipes
 from cnnlab.cli_common import format_table, named_recipe, print_results
@@ -28,6 +28,9 @@ from cnnlab.sweep.worker import (
     spawn_workers,
     work,
 )
+
+if TYPE_CHECKING:
+    from cnnlab.sweep.engine import Study
 
 SEARCH_DEFAULTS = {"trials": 20, "objective": "val_acc", "pruner": "none", "seed": None}
 
@@ -79,18 +82,18 @@ def check_worker_options(args: argparse.Namespace) -> None:
         raise CnnlabError("--workers and --heartbeat must be >= 1")
 
 
-def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> None:
+def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespace) -> Study:
     """Work on sweep `name` with args.workers processes here; runs go to runs_root/name.
+    Returns the sweep's study.
 
     The command a user starts (not the workers it spawns) first queues the sweep's failed
-    trials again, the cause being fixed, and ends with a one-line error while any failed."""
+    trials again, the cause being fixed; it then ends with `refuse_failures`."""
     check_worker_options(args)
     # Loaded here so that a bad name or storage fails once, not in K workers.
     optuna_study, spec = load_sweep(name, open_storage(storage, args.heartbeat))
     for model in spec.model_names():  # stored recipes are data: their code needs naming here
         trusted_code(model, f"sweep {name}", args.model_code)
-    spawned = bool(os.environ.get(SPAWNED_ENV))
-    if not spawned:
+    if not os.environ.get(SPAWNED_ENV):
         requeue_failures(optuna_study)
     if args.workers == 1:
         work(name, storage, runs_root / name, resolve_data_dir(args.data_dir),
@@ -98,8 +101,7 @@ def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespa
     else:
         spawn_workers(args.workers, args.threads or max(1, cpu_count() // args.workers),
                       worker_arguments(name, storage, runs_root, args))
-    if not spawned:
-        refuse_failures(name, optuna_study)
+    return optuna_study
 
 
 def worker_arguments(name: str, storage: str, runs_root: Path, args: argparse.Namespace
@@ -113,13 +115,13 @@ def worker_arguments(name: str, storage: str, runs_root: Path, args: argparse.Na
 
 
 def cmd_sweep_work(args: argparse.Namespace) -> None:
-    run_workers(args.name, args.storage, Path(args.runs_root), args)
+    optuna_study = run_workers(args.name, args.storage, Path(args.runs_root), args)
     if os.environ.get(SPAWNED_ENV):
         return  # the command that started this worker sums up
-    optuna_study, _ = load_sweep(args.name, open_storage(args.storage))
     rows = trial_rows(optuna_study, Path(args.runs_root) / args.name)
     print(f"sweep {args.name}: {state_counts(rows)}; runs in "
-          f"{Path(args.runs_root) / args.name / 'runs'}")
+          f"{Path(args.runs_root) / args.name / 'runs'}", flush=True)  # before any error
+    refuse_failures(args.name, optuna_study)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> None:
