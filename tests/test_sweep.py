@@ -242,6 +242,10 @@ def test_an_unsupported_storage_or_worker_count_is_one_line_and_stores_nothing(
     assert "--workers and --heartbeat must be >= 1" in one_line_error(
         capsys, ["reproduce", "--workers", "0", "--runs", "lenet", "--out", str(out)])
     assert not out.exists()  # no journal that a corrected command would then disagree with
+    assert "--workers and --heartbeat must be >= 1" in one_line_error(
+        capsys, ["sweep", "work", "x", "--storage", str(tmp_path / "s.journal"),
+                 "--heartbeat", "0"])
+    assert not (tmp_path / "s.journal").exists()
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes, no newline")
     assert "is not a journal file (no whole record in it)" in one_line_error(

@@ -87,8 +87,8 @@ def run_workers(name: str, storage: str, runs_root: Path, args: argparse.Namespa
     Returns the sweep's study.
 
     The command a user starts (not the workers it spawns) first queues the sweep's failed
-    trials again, the cause being fixed; it then ends with `refuse_failures`."""
-    check_worker_options(args)
+    trials again, the cause being fixed; it then ends with `refuse_failures`. The caller
+    has checked the worker options (`check_worker_options`)."""
     # Loaded here so that a bad name or storage fails once, not in K workers.
     optuna_study, spec = load_sweep(name, open_storage(storage, args.heartbeat))
     for model in spec.model_names():  # stored recipes are data: their code needs naming here
@@ -115,6 +115,7 @@ def worker_arguments(name: str, storage: str, runs_root: Path, args: argparse.Na
 
 
 def cmd_sweep_work(args: argparse.Namespace) -> None:
+    check_worker_options(args)
     optuna_study = run_workers(args.name, args.storage, Path(args.runs_root), args)
     if os.environ.get(SPAWNED_ENV):
         return  # the command that started this worker sums up
