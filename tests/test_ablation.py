@@ -30,3 +30,16 @@ def test_each_rows_command_rebuilds_the_recipe_its_runs_recorded(row: Row) -> No
     recorded = recipes.from_record(config, row.key)
     # the description is a label for listings; it follows the built-in recipe's file
     assert set(recipes.changed_settings(rebuilt, recorded)) <= {"description"}
+
+
+def test_strong_before_muon_file_is_the_recipe_its_runs_recorded() -> None:
+    """experiments/recipes/strong-before-muon.toml lets `cnnlab bench` time `strong` before
+    Muon beside `strong`; it must be what those committed runs trained, but for its name."""
+    root = Path(__file__).resolve().parents[1]
+    kept = recipes.load_file(root / "experiments/recipes/strong-before-muon.toml")
+    for folder in sorted((root / "results/recipes/strong-before-muon/runs").iterdir()):
+        recorded = recipes.from_record(json.loads((folder / "config.json").read_text()),
+                                       folder.name)
+        changed = recipes.changed_settings(kept, recorded)
+        assert changed.pop("seed", None) in (None, (recorded.seed, 0))
+        assert changed == {"name": ("strong", "strong-before-muon")}

@@ -1,6 +1,7 @@
 """`cnnlab bench` runs end to end and reports what it measured; timings are never asserted."""
 
 import json
+import statistics
 
 import pytest
 
@@ -21,7 +22,9 @@ def test_bench_writes_table_and_json(tmp_path, capsys):
     printed, result = bench(tmp_path, capsys, 256, "--models", "lenet,custom,speednet",
                             "--steps", "2", "--repeats", "2")
     assert result["batch_size"] == 64 and result["eval_images"] == 40
-    assert result["matmul_peak_gflops"] > 0
+    # sampled at the start and after each repeat of each model: one busy moment skews no %
+    assert len(result["matmul_peak_samples"]) == 1 + 2 * 3
+    assert result["matmul_peak_gflops"] == statistics.median(result["matmul_peak_samples"]) > 0
     for name in ("lenet", "custom", "speednet"):  # speednet: no recipe of its own name
         model = result["models"][name]
         assert f"| {name} |" in printed
@@ -51,10 +54,18 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
 def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
     # 3 warm-up and 3 × 1 timed steps: more than sprint's 4 epochs of 1 step, which its
     # one-cycle schedule would refuse if the bench sized the schedule by --steps alone
-    printed, result = bench(tmp_path, capsys, 600, "--recipes", "fast,sprint", "--steps", "1",
-                            "--repeats", "3")
+    # a recipe file is timed beside the built-ins, under the name it was given by
+    mine = tmp_path / "narrow.toml"
+    mine.write_text('name = "narrow"\nepochs = 4\n[model]\nname = "speednet"\n'
+                    'args = { widths = [8, 16] }\n')
+    printed, result = bench(tmp_path, capsys, 600, "--recipes", f"fast,sprint,{mine}",
+                            "--steps", "1", "--repeats", "3")
     assert result["models"] == {}  # --recipes alone times no study network
-    assert list(result["recipes"]) == ["fast", "sprint"]
+    assert list(result["recipes"]) == ["fast", "sprint", str(mine)]
+    assert result["recipes"][str(mine)]["batch_size"] == 64
+    assert result["recipes"][str(mine)]["macs_per_image"] < result["recipes"]["sprint"][
+        "macs_per_image"]
+    assert f"| {mine} | 64 |" in printed
     fast = result["recipes"]["fast"]
     assert fast["batch_size"] == 256 and len(fast["train"]["samples"]) == 3
     assert fast["train"]["gflops"] == pytest.approx(
@@ -65,8 +76,10 @@ def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
 
 def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
     data = write_dataset(tmp_path / "data", n_train=300, n_test=10)
-    assert main(["bench", "--recipes", "fastest", "--data-dir", str(data)]) == 2
-    assert "unknown recipe fastest" in capsys.readouterr().err
+    assert "unknown recipe 'fastest'" in one_line_error(
+        capsys, ["bench", "--recipes", "fastest", "--data-dir", str(data)])
+    assert "names no recipe" in one_line_error(
+        capsys, ["bench", "--recipes", ",", "--data-dir", str(data)])
     # refused before lenet is measured: one line, no "benchmarking" before it
     assert "2 steps of recipe fast's batch 256 need 512 training images; the data has 300" in (
         one_line_error(capsys, ["bench", "--models", "lenet", "--recipes", "fast", "--steps",
@@ -74,3 +87,26 @@ def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
     assert "cannot create the folder of --json" in one_line_error(
         capsys, ["bench", "--models", "lenet", "--steps", "1", "--data-dir", str(data),
                  "--json", str(next(data.glob("*.gz")) / "bench.json")])
+
+
+@pytest.mark.slow
+def test_step_phases_times_muon_s_orthogonalisation(tmp_path, capsys, monkeypatch):
+    """experiments/recipes/step_phases.py splits a recipe's step by timing the functions the
+    loop calls; were Muon to stop calling `cnnlab.muon.orthogonalised`, its column would read
+    0 ms without this test."""
+    from experiments.recipes import step_phases
+
+    data = write_dataset(tmp_path / "data", n_train=1600, n_test=10)
+    monkeypatch.setattr("sys.argv", ["step_phases", "--recipes", "sprint,fast", "--steps", "1",
+                                     "--data-dir", str(data)])
+    # main() wraps Muon's function for good; this puts the plain one back after the test
+    monkeypatch.setattr("cnnlab.muon.orthogonalised", step_phases.muon.orthogonalised)
+    step_phases.main()
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| sprint |", "| fast |"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1] == "256"
+        orthogonalise = float(cells[2 + step_phases.PHASES.index("orthogonalise")].split()[0])
+        assert orthogonalise > 0

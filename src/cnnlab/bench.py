@@ -45,7 +45,7 @@ from cnnlab.inference import predict_logits
 from cnnlab.models import count_macs, create_model, fit_to_data, get_model
 from cnnlab.models.registry import plain_path
 from cnnlab.parts import Parts, build_parts
-from cnnlab.recipe import builtin, list_builtin
+from cnnlab.recipe import Recipe, builtin, list_builtin
 from cnnlab.reference import PerSampleDataset
 from cnnlab.train import FIT_IMAGES, train_one_epoch
 
@@ -117,7 +117,7 @@ def _summary(seconds: list[float], images: int) -> dict[str, Any]:
 
 
 def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, repeats: int,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, between_repeats: Callable[[], None]) -> dict[str, Any]:
     """Train and eval images/s of both paths for one model, alternating repeat by repeat."""
     # Each study network has a recipe of its name; any other is timed under the study's
     # custom recipe (Adam, rotation + flip). The batch is the study's for all.
@@ -151,6 +151,7 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
         times["model_only"].append(model_only_train(fast, opt_fast, fixed_x, fixed_y, steps))
         times["ref_eval"].append(reference_eval(reference, test_loader))
         times["fast_eval"].append(_timed(lambda: predict_logits(fast, test_set.images)))
+        between_repeats()
     images = steps * BATCH
     result = {
         "macs_per_image": count_macs(get_model(name)),
@@ -171,59 +172,90 @@ def bench_model(name: str, train_set: ImageSet, test_set: ImageSet, steps: int, 
     return result
 
 
-def bench_recipe(name: str, train_set: ImageSet, test_set: ImageSet, steps: int,
-                 repeats: int, device: torch.device) -> dict[str, Any]:
-    """Training images/s of a recipe's own loop, and evaluation images/s with its test-time
-    views: what a run of it spends its time on."""
-    recipe = builtin(name)
+def bench_recipes(recipes: dict[str, Recipe], train_set: ImageSet, test_set: ImageSet,
+                  steps: int, repeats: int, device: torch.device,
+                  between_repeats: Callable[[], None]) -> dict[str, dict[str, Any]]:
+    """Training images/s of each recipe's own loop, and evaluation images/s with its
+    test-time views: what a run of it spends its time on. The recipes take turns, repeat by
+    repeat, so that drift of a shared machine hits each alike and their ratios hold."""
+    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
+    runs = {label: recipe_parts(recipe, train_set, (repeats + 1) * steps, device)
+            for label, recipe in recipes.items()}
+    train: dict[str, list[float]] = {label: [] for label in runs}
+    evaluate: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, parts in runs.items():
+            train[label].append(cnnlab_train(parts, train_set, steps))
+            evaluate[label].append(_timed(lambda parts=parts: predict_logits(
+                parts.model, test_set.images, parts.recipe.evaluate)))
+        between_repeats()
+    result = {}
+    for label, parts in runs.items():
+        recipe = parts.recipe
+        macs = count_macs(create_model(recipe.model.name, recipe.model.args))
+        result[label] = {"batch_size": recipe.batch_size, "macs_per_image": macs,
+                         "train": _summary(train[label], steps * recipe.batch_size),
+                         "eval": _summary(evaluate[label], len(test_set))}
+        result[label]["train"]["gflops"] = train_gflops(result[label]["train"]["median"], macs)
+    return result
+
+
+def recipe_parts(recipe: Recipe, train_set: ImageSet, scheduled_steps: int,
+                 device: torch.device) -> Parts:
+    """The recipe's model and parts as a run builds them, with a schedule of
+    `scheduled_steps` steps, 3 of them taken as a warm-up."""
     torch.manual_seed(0)
     model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
                           recipe.model.memory_format)
     fit_to_data(model, eval_batch(train_set.images[:FIT_IMAGES]))  # as training does
-    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
-    parts = build_parts(recipe, model, device, (repeats + 1) * steps)
+    parts = build_parts(recipe, model, device, scheduled_steps)
     cnnlab_train(parts, train_set, 3)  # warm-up: first calls allocate and pick kernels
-    train, evaluate = [], []
-    for _ in range(repeats):
-        train.append(cnnlab_train(parts, train_set, steps))
-        evaluate.append(_timed(lambda: predict_logits(model, test_set.images,
-                                                      recipe.evaluate)))
-    macs = count_macs(create_model(recipe.model.name, recipe.model.args))
-    result = {"batch_size": recipe.batch_size, "macs_per_image": macs,
-              "train": _summary(train, steps * recipe.batch_size),
-              "eval": _summary(evaluate, len(test_set))}
-    result["train"]["gflops"] = train_gflops(result["train"]["median"], macs)
-    return result
+    return parts
 
 
 def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: int = 30,
               repeats: int = 5, eval_images: int = 2000,
               log: Callable[[str], None] = print,
-              recipes: tuple[str, ...] = ()) -> dict[str, Any]:
+              recipes: dict[str, Recipe] | None = None) -> dict[str, Any]:
+    """`models`: study networks, each against the study-style reference; `recipes`: label →
+    recipe (a built-in's name, or the file it came from), timed in their own loops."""
+    recipes = recipes or {}
     train_set = load_split(data_dir, "train").to(device)
     # Every batch is checked before anything is measured, not after minutes of it.
-    recipe_batches = {name: builtin(name).batch_size for name in recipes}
     batches = ([(f"{BATCH}", BATCH)] if models else []) + [
-        (f"recipe {name}'s batch {batch}", batch) for name, batch in recipe_batches.items()]
+        (f"recipe {label}'s batch {recipe.batch_size}", recipe.batch_size)
+        for label, recipe in recipes.items()]
     for what, batch in batches:
         if steps * batch > len(train_set):
             raise CnnlabError(f"{steps} steps of {what} need {steps * batch} training "
                               f"images; the data has {len(train_set)}: lower --steps")
     test_set = load_split(data_dir, "test").head(eval_images).to(device)
-    peak = matmul_peak_gflops() if device.type == "cpu" else None
+    peaks: list[float] = []
+
+    def sample_peak() -> None:
+        """The CPU's matmul peak, sampled once per repeat beside the timings set against it:
+        one sample taken while a shared machine is busy would skew every % of peak."""
+        if device.type == "cpu":
+            peaks.append(matmul_peak_gflops())
+
+    sample_peak()
     result: dict[str, Any] = {
         "cnnlab": __version__, "torch": torch.__version__, "device": str(device),
         "threads": torch.get_num_threads(), "machine": machine_name(device),
         "batch_size": BATCH, "steps": steps, "repeats": repeats, "eval_images": len(test_set),
-        "matmul_peak_gflops": peak, "models": {}, "recipes": {},
+        "models": {}, "recipes": {},
     }
     for name in models:
         log(f"benchmarking {name} ({repeats} repeats of {steps} steps per path)…")
-        result["models"][name] = bench_model(name, train_set, test_set, steps, repeats, device)
-    for name in recipes:
-        log(f"benchmarking recipe {name} ({repeats} repeats of {steps} steps)…")
-        result["recipes"][name] = bench_recipe(name, train_set, test_set, steps, repeats,
-                                               device)
+        result["models"][name] = bench_model(name, train_set, test_set, steps, repeats, device,
+                                             sample_peak)
+    if recipes:
+        log(f"benchmarking recipes {', '.join(recipes)} ({repeats} repeats of {steps} steps "
+            "each, taking turns)…")
+        result["recipes"] = bench_recipes(recipes, train_set, test_set, steps, repeats, device,
+                                          sample_peak)
+    result["matmul_peak_gflops"] = statistics.median(peaks) if peaks else None
+    result["matmul_peak_samples"] = peaks
     return result
 
 
@@ -240,7 +272,9 @@ def format_bench(result: dict[str, Any]) -> str:
     if result["recipes"]:
         lines += ["", *_recipes_table(result)]
     if peak is not None:
-        lines += ["", f"fp32 matmul peak (2048×2048, same threads): {peak:.0f} GFLOP/s. "
+        lines += ["", f"fp32 matmul peak (2048×2048, same threads): {peak:.0f} GFLOP/s, the "
+                  f"median of {len(result['matmul_peak_samples'])} samples, one at the start and "
+                  "one after each repeat. "
                   "GFLOP/s counts 3 × 2 × the plain network's MACs per training image, so "
                   "work a model saves (the fused stem, a frozen whitening stem's weight "
                   "gradients) shows as extra effective speed."]

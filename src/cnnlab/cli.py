@@ -180,8 +180,9 @@ def add_bench(sub: Commands, parents: Parents) -> None:
     p.add_argument("--models", help="comma-separated study networks to time against the "
                    "study-style pipeline (default lenet,alexnet,custom,custom_nobn, unless "
                    "--recipes is given)")
-    p.add_argument("--recipes", help="comma-separated built-in recipes to time in their own "
-                   "training loop, with GFLOP/s against the matmul peak (e.g. fast,strong)")
+    p.add_argument("--recipes", help="comma-separated built-in recipes or recipe files to "
+                   "time in their own training loops, taking turns, with GFLOP/s against the "
+                   "matmul peak (e.g. fast,strong,my-recipe.toml)")
     p.add_argument("--steps", type=int, default=30,
                    help="training steps per measurement (default %(default)s)")
     p.add_argument("--repeats", type=int, default=5,

@@ -354,9 +354,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from cnnlab.bench import format_bench, run_bench
 
-    recipe_names = (parse_list(args.recipes, recipes.list_builtin(), "recipe")
-                    if args.recipes else [])
-    default_models = [] if recipe_names else ["lenet", "alexnet", "custom", "custom_nobn"]
+    labels = [n.strip() for n in (args.recipes or "").split(",") if n.strip()]
+    if args.recipes is not None and not labels:
+        raise CnnlabError(f"--recipes {args.recipes!r} names no recipe; give built-in names "
+                          f"({', '.join(recipes.list_builtin())}) or recipe files")
+    timed_recipes = {label: named_recipe(label) for label in labels}
+    default_models = [] if timed_recipes else ["lenet", "alexnet", "custom", "custom_nobn"]
     models = parse_list(args.models, list_models(), "model") if args.models else default_models
     if args.steps < 1 or args.repeats < 1:
         raise CnnlabError("--steps and --repeats must be >= 1")
@@ -367,7 +370,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
                        args.steps, args.repeats,
                        log=lambda line: print(line, file=sys.stderr, flush=True),
-                       recipes=tuple(recipe_names))
+                       recipes=timed_recipes)
     print(format_bench(result))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(result, indent=2) + "\n")

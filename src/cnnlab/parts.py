@@ -117,8 +117,8 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: lr_scheduler.LRScheduler | None
     averaged: AveragedModel | None  # the EMA, or lookahead's slow weights
-    steps_this_epoch: int = 0  # lookahead syncs every `every` steps, counted from each epoch's
-    # start, where runs resume
+    steps_this_epoch: int = 0  # lookahead's steps, counted from each epoch's start (where runs
+    # resume): it syncs every `every` of them
 
     @property
     def evaluated(self) -> nn.Module:
@@ -131,10 +131,11 @@ class Parts:
         average = self.recipe.average
         if self.averaged is None or epoch < average.start_epoch:
             return
-        self.steps_this_epoch += 1
         if average.name == "ema":
             self.averaged.update_parameters(self.model)
-        elif self.steps_this_epoch % average.every == 0:  # lookahead: slow weights step
+            return
+        self.steps_this_epoch += 1
+        if self.steps_this_epoch % average.every == 0:  # lookahead: slow weights step
             self.averaged.update_parameters(self.model)  # toward the fast ones, which
             with torch.no_grad():  # restart from them
                 for fast, slow in zip(self.model.parameters(),
