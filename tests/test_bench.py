@@ -110,3 +110,21 @@ def test_step_phases_times_muon_s_orthogonalisation(tmp_path, capsys, monkeypatc
         assert cells[1] == "256"
         orthogonalise = float(cells[2 + step_phases.PHASES.index("orthogonalise")].split()[0])
         assert orthogonalise > 0
+
+
+@pytest.mark.slow
+def test_the_gpu_script_ends_with_the_bench_of_its_recipes(tmp_path, capsys, monkeypatch):
+    """experiments/recipes/gpu.py gets one call on a borrowed GPU: its last step, the bench
+    of the three recipes, is checked here on the CPU (`--quick`, a budget that skips every
+    run)."""
+    from experiments.recipes import gpu
+
+    data = write_dataset(tmp_path / "data", n_train=600, n_test=10)
+    out = tmp_path / "gpu"
+    monkeypatch.setattr("sys.argv", ["gpu", "--data-dir", str(data), "--out", str(out),
+                                     "--device", "cpu", "--quick", "--budget", "1"])
+    gpu.main()
+    assert "skipped strong seed 0 fp32" in capsys.readouterr().out
+    bench = json.loads((out / "bench.json").read_text())
+    assert list(bench["recipes"]) == list(gpu.RECIPES)
+    assert all(len(r["train"]["samples"]) == 1 for r in bench["recipes"].values())

@@ -95,7 +95,8 @@ def main() -> None:
         print(f"{label} {100 * metrics[-1]['test_acc']:.2f} % in "
               f"{took[name, precision]:.1f} s", flush=True)
     steps, repeats = (2, 1) if args.quick else (30, 5)
-    bench = run_bench([], args.data_dir, device, steps, repeats, recipes=RECIPES)
+    bench = run_bench([], args.data_dir, device, steps, repeats,
+                      recipes={name: builtin(name) for name in RECIPES})
     atomic_write_text(args.out / "bench.json", json.dumps(bench, indent=1))
     print(format_bench(bench))
 
