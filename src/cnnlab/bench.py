@@ -12,9 +12,11 @@ A third measurement, cnnlab's model alone on one fixed batch (no data pipeline, 
 bookkeeping), bounds what any loop could reach with this model code: its ratio to the
 reference is the ceiling of the speed-up.
 
-Recipes (`--recipes`) are timed as they train: cnnlab's loop at the recipe's batch size,
-augmentation, optimizer and weight average, with the achieved GFLOP/s set against the
-fp32 matmul peak measured in the same process: how close the recipe runs to the CPU's limit.
+Recipes (`--recipes`: built-in names or recipe files) are timed as they train: cnnlab's
+loop at the recipe's batch size, augmentation, optimizer and weight average, the recipes
+taking turns repeat by repeat. Their achieved GFLOP/s are set against the fp32 matmul peak
+measured in the same process (the median of samples taken at the start and after each
+repeat): how close each recipe runs to the CPU's limit.
 """
 
 from __future__ import annotations
