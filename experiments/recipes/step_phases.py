@@ -23,7 +23,7 @@ from cnnlab import muon
 from cnnlab.bench import recipe_parts
 from cnnlab.cli_common import named_recipe
 from cnnlab.data import load_split, resolve_data_dir
-from cnnlab.device import as_input, machine_name
+from cnnlab.device import as_input, autocast, machine_name
 from cnnlab.parts import Parts, loss_fn
 from cnnlab.train import batched
 
@@ -37,7 +37,8 @@ def phase_seconds(parts: Parts, batches: Iterator[tuple[torch.Tensor, torch.Tens
     marks = [time.perf_counter()]
     x, labels = next(batches)
     marks.append(time.perf_counter())
-    loss = criterion(parts.model(as_input(x, parts.model)), labels)
+    with autocast(parts.recipe.precision, x.device):
+        loss = criterion(parts.model(as_input(x, parts.model)), labels)
     loss.item()  # the loop reads the loss here: the forward pass ends
     marks.append(time.perf_counter())
     parts.optimizer.zero_grad(set_to_none=True)
