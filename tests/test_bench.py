@@ -72,6 +72,11 @@ def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
         fast["train"]["median"] * 6 * fast["macs_per_image"] / 1e9)
     percent = 100 * fast["train"]["gflops"] / result["matmul_peak_gflops"]
     assert "| fast | 256 |" in printed and f"| {percent:.0f} % |" in printed
+    ratio = result["recipes"]["sprint"]["train"]["median"] / fast["train"]["median"]
+    assert f"| {ratio:.2f}× |" in next(line for line in printed.splitlines()
+                                       if line.startswith("| sprint |"))
+    assert "| 1.00× |" in next(line for line in printed.splitlines()
+                               if line.startswith("| fast |"))
 
 
 def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
