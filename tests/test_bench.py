@@ -97,8 +97,8 @@ def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
 @pytest.mark.slow
 def test_step_phases_times_muon_s_orthogonalisation(tmp_path, capsys, monkeypatch):
     """experiments/recipes/step_phases.py splits a recipe's step by timing the functions the
-    loop calls; were Muon to stop calling `cnnlab.muon.orthogonalised`, its column would read
-    0 ms without this test."""
+    loop calls: were Muon to stop calling `cnnlab.muon.orthogonalised`, its column would read
+    0 ms, and only this test would say so."""
     from experiments.recipes import step_phases
 
     data = write_dataset(tmp_path / "data", n_train=1600, n_test=10)
