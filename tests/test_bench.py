@@ -5,6 +5,8 @@ import statistics
 
 import pytest
 
+from cnnlab import bench as bench_module
+from cnnlab.bench import cnnlab_train
 from cnnlab.cli import main
 from conftest import one_line_error, write_dataset
 
@@ -51,15 +53,19 @@ def test_bench_refuses_more_steps_than_the_data_holds(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
-    # 3 warm-up and 3 × 1 timed steps: more than sprint's 4 epochs of 1 step, which its
-    # one-cycle schedule would refuse if the bench sized the schedule by --steps alone
-    # a recipe file is timed beside the built-ins, under the name it was given by
+def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys, monkeypatch):
+    # A recipe file is timed beside the built-ins, under the name it was given by. Its one
+    # epoch on a one-cycle schedule must hold the 3 warm-up and 3 × 1 timed steps, which
+    # one-cycle refuses to run past.
     mine = tmp_path / "narrow.toml"
-    mine.write_text('name = "narrow"\nepochs = 4\n[model]\nname = "speednet"\n'
-                    'args = { widths = [8, 16] }\n')
+    mine.write_text('name = "narrow"\nepochs = 1\n[model]\nname = "speednet"\n'
+                    'args = { widths = [8, 16] }\n[schedule]\nname = "onecycle"\n')
+    timed = []  # which recipe each training measurement ran: they must take turns
+    monkeypatch.setattr(bench_module, "cnnlab_train", lambda parts, data, steps: (
+        timed.append(parts.recipe.name), cnnlab_train(parts, data, steps))[1])
     printed, result = bench(tmp_path, capsys, 600, "--recipes", f"fast,sprint,{mine}",
                             "--steps", "1", "--repeats", "3")
+    assert timed == ["fast", "sprint", "narrow"] * 4  # the warm-ups, then 3 turns
     assert result["models"] == {}  # --recipes alone times no study network
     assert list(result["recipes"]) == ["fast", "sprint", str(mine)]
     assert result["recipes"][str(mine)]["batch_size"] == 64
@@ -72,19 +78,32 @@ def test_bench_times_recipes_in_their_own_loop(tmp_path, capsys):
         fast["train"]["median"] * 6 * fast["macs_per_image"] / 1e9)
     percent = 100 * fast["train"]["gflops"] / result["matmul_peak_gflops"]
     assert "| fast | 256 |" in printed and f"| {percent:.0f} % |" in printed
-    ratio = result["recipes"]["sprint"]["train"]["median"] / fast["train"]["median"]
+    sprint = result["recipes"]["sprint"]["train"]
+    ratio = statistics.median(a / b for a, b in zip(sprint["samples"], fast["train"]["samples"],
+                                                     strict=True))  # paired turn by turn
+    assert sprint["vs_first"] == ratio and fast["train"]["vs_first"] == 1.0
     assert f"| {ratio:.2f}× |" in next(line for line in printed.splitlines()
                                        if line.startswith("| sprint |"))
     assert "| 1.00× |" in next(line for line in printed.splitlines()
                                if line.startswith("| fast |"))
 
 
-def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys):
+def test_bench_refuses_unknown_recipes_and_too_few_images(tmp_path, capsys, monkeypatch):
     data = write_dataset(tmp_path / "data", n_train=300, n_test=10)
     assert "unknown recipe 'fastest'" in one_line_error(
         capsys, ["bench", "--recipes", "fastest", "--data-dir", str(data)])
     assert "names no recipe" in one_line_error(
         capsys, ["bench", "--recipes", ",", "--data-dir", str(data)])
+    assert "--recipes names fast more than once" in one_line_error(
+        capsys, ["bench", "--recipes", "fast,sprint,fast", "--data-dir", str(data)])
+    mine = tmp_path / "mine.toml"
+    mine.write_text('[model]\nname = "nets.py:tiny"\n')
+    assert "its model nets.py:tiny is your own code" in one_line_error(
+        capsys, ["bench", "--recipes", str(mine), "--data-dir", str(data)])
+    monkeypatch.setattr("cnnlab.device.cpu_has_amx_bf16", lambda: False)
+    mine.write_text('precision = "bf16"\n')
+    assert "precision bf16 on cpu" in one_line_error(
+        capsys, ["bench", "--recipes", str(mine), "--data-dir", str(data)])
     # refused before lenet is measured: one line, no "benchmarking" before it
     assert "2 steps of recipe fast's batch 256 need 512 training images; the data has 300" in (
         one_line_error(capsys, ["bench", "--models", "lenet", "--recipes", "fast", "--steps",

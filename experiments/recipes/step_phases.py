@@ -6,7 +6,8 @@ Run from the repository root, alone on the machine:
 
     python -m experiments.recipes.step_phases [--recipes strong,FILE.toml] [--threads 2]
 
-It prints one Markdown table, quoted in docs/beyond.md; nothing is written.
+It prints one Markdown table (results/bench/step-phases-strong-epyc-avx2.md holds the one
+docs/beyond.md quotes); nothing is written.
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ def main() -> None:
     print("| recipe | batch | " + " | ".join(PHASES) + " | step | train img/s |")
     print("| --- | ---: |" + " ---: |" * (len(PHASES) + 2))
     runs = {}
-    for label in args.recipes.split(","):
+    for label in (name.strip() for name in args.recipes.split(",")):
         recipe = named_recipe(label)
+        if recipe.pipeline != "batched":
+            parser.error(f"{label}: pipeline {recipe.pipeline}; this script times cnnlab's "
+                         "batched pipeline only")
         parts = recipe_parts(recipe, train_set, 3 + 5 + args.steps, torch.device("cpu"))
         parts.model.train()
         runs[label] = (parts, batched(recipe, train_set, epoch=1, seed=0))

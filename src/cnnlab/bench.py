@@ -180,8 +180,7 @@ def bench_recipes(recipes: dict[str, Recipe], train_set: ImageSet, test_set: Ima
     """Training images/s of each recipe's own loop, and evaluation images/s with its
     test-time views: what a run of it spends its time on. The recipes take turns, repeat by
     repeat, so that drift of a shared machine hits each alike and their ratios hold."""
-    # A schedule long enough for every timed step (one-cycle refuses to step past its end).
-    runs = {label: recipe_parts(recipe, train_set, (repeats + 1) * steps, device)
+    runs = {label: recipe_parts(recipe, train_set, 3 + repeats * steps, device)
             for label, recipe in recipes.items()}
     train: dict[str, list[float]] = {label: [] for label in runs}
     evaluate: dict[str, list[float]] = {label: [] for label in runs}
@@ -195,22 +194,29 @@ def bench_recipes(recipes: dict[str, Recipe], train_set: ImageSet, test_set: Ima
     for label, parts in runs.items():
         recipe = parts.recipe
         macs = count_macs(create_model(recipe.model.name, recipe.model.args))
-        result[label] = {"batch_size": recipe.batch_size, "macs_per_image": macs,
+        result[label] = {"batch_size": recipe.batch_size, "precision": recipe.precision,
+                         "macs_per_image": macs,
                          "train": _summary(train[label], steps * recipe.batch_size),
                          "eval": _summary(evaluate[label], len(test_set))}
         result[label]["train"]["gflops"] = train_gflops(result[label]["train"]["median"], macs)
+    first = next(iter(result.values()))["train"]["samples"]
+    for r in result.values():  # paired: each turn's images/s against the first recipe's
+        r["train"]["vs_first"] = statistics.median(
+            rate / rate_first for rate, rate_first in zip(r["train"]["samples"], first,
+                                                          strict=True))
     return result
 
 
-def recipe_parts(recipe: Recipe, train_set: ImageSet, scheduled_steps: int,
+def recipe_parts(recipe: Recipe, train_set: ImageSet, steps: int,
                  device: torch.device) -> Parts:
-    """The recipe's model and parts as a run builds them, with a schedule of
-    `scheduled_steps` steps, 3 of them taken as a warm-up."""
+    """The recipe's model and parts as a run builds them, 3 warm-up steps taken. Its
+    schedule counts `steps` steps in every epoch, so that any number of epochs leaves room
+    for the warm-up and the timed steps (one-cycle refuses to step past its end)."""
     torch.manual_seed(0)
     model = prepare_model(create_model(recipe.model.name, recipe.model.args), device,
                           recipe.model.memory_format)
     fit_to_data(model, eval_batch(train_set.images[:FIT_IMAGES]))  # as training does
-    parts = build_parts(recipe, model, device, scheduled_steps)
+    parts = build_parts(recipe, model, device, steps)
     cnnlab_train(parts, train_set, 3)  # warm-up: first calls allocate and pick kernels
     return parts
 
@@ -285,19 +291,19 @@ def format_bench(result: dict[str, Any]) -> str:
 
 def _recipes_table(result: dict[str, Any]) -> list[str]:
     peak = result["matmul_peak_gflops"]
-    first = next(iter(result["recipes"].values()))["train"]["median"]
     lines = ["Recipes, each in its own training loop (its batch, augmentation, optimizer) and "
-             "evaluated with its test-time views; × first: training images/s against the "
-             "first recipe's, measured taking turns:", "",
+             "evaluated with its test-time views, taking turns; × first: the median over "
+             "repeats of its training images/s against the first recipe's in the same turn; "
+             "% of peak: fp32 recipes only:", "",
              "| recipe | batch | MACs/img | train img/s | × first | train GFLOP/s "
              "| % of matmul peak | eval img/s |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in result["recipes"].items():
         gflops = r["train"]["gflops"]
+        share = f"{100 * gflops / peak:.0f} %" if peak and r["precision"] == "fp32" else "—"
         lines.append(f"| {name} | {r['batch_size']} | {r['macs_per_image'] / 1e6:.1f} M | "
-                     f"{_rate(r['train'])} | {r['train']['median'] / first:.2f}× | "
-                     f"{gflops:.0f} | {f'{100 * gflops / peak:.0f} %' if peak else '—'} | "
-                     f"{_rate(r['eval'])} |")
+                     f"{_rate(r['train'])} | {r['train']['vs_first']:.2f}× | {gflops:.0f} | "
+                     f"{share} | {_rate(r['eval'])} |")
     return lines
 
 

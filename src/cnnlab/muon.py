@@ -5,8 +5,8 @@ is stepped as the (out, in·k·k) matrix it is: its Nesterov momentum is orthogo
 quintic Newton–Schulz iteration (Keller Jordan's coefficients, torch's default) and scaled by
 torch's "original" rule. Every other parameter (norms, biases, the classifier) takes a plain
 Nesterov SGD step, so that one optimizer carries the recipe's one schedule. That step is a
-plain loop over tensors, not a fused kernel: it measured 0.2–0.3 % of `strong`'s training step,
-the orthogonalisation 9 % (experiments/recipes/step_phases.py).
+plain loop over tensors, not a fused kernel: it measured 0.2 % of `strong`'s training step,
+the orthogonalisation 9 % (results/bench/step-phases-strong-epyc-avx2.md).
 """
 
 from __future__ import annotations
