@@ -37,6 +37,7 @@ from cnnlab.augment import eval_batch
 from cnnlab.data import ImageSet, load_split
 from cnnlab.device import (
     as_input,
+    check_precision,
     machine_name,
     matmul_peak_gflops,
     prepare_model,
@@ -44,7 +45,7 @@ from cnnlab.device import (
 )
 from cnnlab.errors import CnnlabError
 from cnnlab.inference import predict_logits
-from cnnlab.models import count_macs, create_model, fit_to_data, get_model
+from cnnlab.models import count_macs, create_model, fit_to_data, get_model, is_user_code
 from cnnlab.models.registry import plain_path
 from cnnlab.parts import Parts, build_parts
 from cnnlab.recipe import Recipe, builtin, list_builtin
@@ -228,6 +229,12 @@ def run_bench(models: list[str], data_dir: Path, device: torch.device, steps: in
     """`models`: study networks, each against the study-style reference; `recipes`: label →
     recipe (a built-in's name, or the file it came from), timed in their own loops."""
     recipes = recipes or {}
+    for label, recipe in recipes.items():  # refused before the data loads and anything runs
+        if is_user_code(recipe.model.name):
+            raise CnnlabError(f"--recipes {label}: its model {recipe.model.name} is your own "
+                              "code, which `cnnlab bench` does not import; it times built-in "
+                              "networks (a run's metrics.csv records its training images/s)")
+        check_precision(recipe.precision, device)
     train_set = load_split(data_dir, "train").to(device)
     # Every batch is checked before anything is measured, not after minutes of it.
     batches = ([(f"{BATCH}", BATCH)] if models else []) + [

@@ -363,13 +363,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise CnnlabError(f"--recipes names {', '.join(repeated)} more than once; name each "
                           "recipe once")
     timed_recipes = {label: named_recipe(label) for label in labels}
-    device = resolve_device(args.device)
-    for label, recipe in timed_recipes.items():
-        if is_user_code(recipe.model.name):
-            raise CnnlabError(f"--recipes {label}: its model {recipe.model.name} is your own "
-                              "code, which `cnnlab bench` does not import; it times built-in "
-                              "networks (a run's metrics.csv records its training images/s)")
-        check_precision(recipe.precision, device)
     default_models = [] if timed_recipes else ["lenet", "alexnet", "custom", "custom_nobn"]
     models = parse_list(args.models, list_models(), "model") if args.models else default_models
     if args.steps < 1 or args.repeats < 1:
@@ -378,7 +371,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         make_folder(Path(args.json).parent, "the folder of --json")
         if Path(args.json).is_dir():
             raise CnnlabError(f"--json {args.json} is a folder; name a file")
-    result = run_bench(models, resolve_data_dir(args.data_dir), device,
+    result = run_bench(models, resolve_data_dir(args.data_dir), resolve_device(args.device),
                        args.steps, args.repeats,
                        log=lambda line: print(line, file=sys.stderr, flush=True),
                        recipes=timed_recipes)
